@@ -1,0 +1,48 @@
+# Veil — one Makefile for setup, tests, demo and benchmarks.
+# `make test` and `make demo` work on a fresh clone: they create .venv first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+# A pinned CPU build of torch: an unpinned torch pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: setup test demo bench bench-watermark protos lint typecheck check clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[enclave,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m enclave.demo
+
+bench: $(STAMP)
+	$(PY) bench/bench_inference.py
+
+bench-watermark: $(STAMP)
+	$(PY) bench/bench_watermark.py
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check sdk enclave privacy watermark tests bench scripts
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,190 @@
+"""Per-tenant model registry, encrypted at rest.
+
+Layout under ``DATA_DIR/models/<tenant>/<name>/``: ``v<N>.onnx.enc`` (AES-256-GCM under the
+tenant's storage key, AAD = tenant/name/version) and ``v<N>.json`` (metadata, plaintext digests
+only). The metadata file is written last and atomically: a version exists only once it is there,
+so a crash or a refused upload never leaves a half-registered model behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave._errors import InvalidInput, NotFound
+from enclave._files import fsync_dir, write_atomic
+from enclave._onnx import TensorSpec, ValidatedModel
+from sdk._errors import DecryptionError
+
+__all__ = ["ModelRecord", "ModelStore", "parse_ref"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` or ``name@version`` → (name, version or None for the latest)."""
+    name, sep, version = ref.partition("@")
+    if not _NAME_RE.match(name):
+        raise InvalidInput(f"model name {name!r} is not [A-Za-z0-9._-]{{1,64}}")
+    if not sep:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidInput(f"model version {version!r} is not a positive integer")
+    return name, int(version)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    tenant: str
+    name: str
+    version: int
+    sha256: str
+    size: int
+    created_at_ms: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ModelRecord:
+        doc = json.loads(raw)
+        doc["inputs"] = tuple(
+            TensorSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in doc["inputs"]
+        )
+        doc["outputs"] = tuple(
+            TensorSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in doc["outputs"]
+        )
+        return cls(**doc)
+
+
+class ModelStore:
+    """Stores models encrypted under per-tenant keys that only the TEE can derive."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        storage_key: Callable[[str], bytes],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._root = root
+        self._storage_key = storage_key
+        self._clock = clock
+        self._lock = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+        self._sweep_orphans()
+
+    def _dir(self, tenant: str, name: str) -> Path:
+        return self._root / tenant / name
+
+    def _sweep_orphans(self) -> None:
+        """Remove blobs and temporary files whose metadata never landed (an interrupted upload)."""
+        for blob in self._root.glob("*/*/v*.onnx.enc"):
+            meta = blob.with_name(blob.name.replace(".onnx.enc", ".json"))
+            if not meta.exists():
+                blob.unlink(missing_ok=True)
+        for tmp in self._root.glob("*/*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _aad(tenant: str, name: str, version: int) -> bytes:
+        return f"veil/v1/model-at-rest\0{tenant}\0{name}\0{version}".encode()
+
+    def register(
+        self, tenant: str, name: str, data: bytes, validated: ValidatedModel
+    ) -> ModelRecord:
+        """Encrypt and store ``data`` as the next version of ``name``; return its record."""
+        parse_ref(name)
+        with self._lock:
+            folder = self._dir(tenant, name)
+            folder.mkdir(parents=True, exist_ok=True)
+            # Deleted versions leave a tombstone, so a version number is never reused.
+            used = [
+                int(p.stem[1:])
+                for p in (*folder.glob("v*.json"), *folder.glob("v*.deleted"))
+                if p.stem[1:].isdigit()
+            ]
+            version = max(used, default=0) + 1
+            record = ModelRecord(
+                tenant=tenant,
+                name=name,
+                version=version,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+                created_at_ms=int(self._clock().timestamp() * 1000),
+                inputs=validated.inputs,
+                outputs=validated.outputs,
+            )
+            nonce = os.urandom(12)
+            blob = nonce + AESGCM(self._storage_key(tenant)).encrypt(
+                nonce, data, self._aad(tenant, name, version)
+            )
+            write_atomic(folder / f"v{version}.onnx.enc", blob)
+            write_atomic(folder / f"v{version}.json", record.to_json())
+            return record
+
+    def records(self, tenant: str) -> list[ModelRecord]:
+        records = [
+            ModelRecord.from_json(p.read_bytes()) for p in (self._root / tenant).glob("*/v*.json")
+        ]
+        return sorted(records, key=lambda r: (r.name, r.version))
+
+    def resolve(self, tenant: str, ref: str) -> ModelRecord:
+        name, version = parse_ref(ref)
+        folder = self._dir(tenant, name)
+        if version is None:
+            versions = [int(p.stem[1:]) for p in folder.glob("v*.json") if p.stem[1:].isdigit()]
+            if not versions:
+                raise NotFound(f"model {name!r} not found")
+            version = max(versions)
+        meta = folder / f"v{version}.json"
+        try:
+            return ModelRecord.from_json(meta.read_bytes())
+        except FileNotFoundError as exc:
+            raise NotFound(f"model {name}@{version} not found") from exc
+
+    def load(self, record: ModelRecord) -> bytes:
+        """Decrypt a stored model (in memory only) and check its digest."""
+        blob = (self._dir(record.tenant, record.name) / f"v{record.version}.onnx.enc").read_bytes()
+        try:
+            data = AESGCM(self._storage_key(record.tenant)).decrypt(
+                blob[:12], blob[12:], self._aad(record.tenant, record.name, record.version)
+            )
+        except InvalidTag as exc:
+            raise DecryptionError(f"stored model {record.ref} failed its integrity check") from exc
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise DecryptionError(f"stored model {record.ref} does not match its digest")
+        return data
+
+    def delete(self, tenant: str, ref: str) -> list[ModelRecord]:
+        """Delete one version (``name@v``) or every version (``name``)."""
+        name, version = parse_ref(ref)
+        with self._lock:
+            if version is None:
+                records = [r for r in self.records(tenant) if r.name == name]
+            else:
+                records = [self.resolve(tenant, ref)]
+            if not records:
+                raise NotFound(f"model {name!r} not found")
+            folder = self._dir(tenant, name)
+            for r in records:
+                os.replace(folder / f"v{r.version}.json", folder / f"v{r.version}.deleted")
+                (folder / f"v{r.version}.onnx.enc").unlink(missing_ok=True)
+            fsync_dir(folder)
+            return records

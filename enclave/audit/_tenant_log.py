@@ -1,0 +1,328 @@
+"""One tenant's append-only log file with group commit, crash recovery and its Merkle tree.
+
+File layout: ``<dir>/entries.jsonl`` holds one canonical JSON record per line; each line (without
+its newline) is a Merkle leaf. ``append`` returns a leaf index only after the line is on disk
+(``fsync``). A single writer thread takes every record queued since its last flush, writes them
+in one ``write`` and makes them durable with one ``fsync``, so concurrent appenders share fsyncs.
+
+Any write or fsync error stops the log for good: the batch in flight, everything queued and every
+later append fail with ``AuditLogError``; the file is cut back to its last durable length (best
+effort) so no unacknowledged line survives a clean restart.
+
+On open, a torn tail (bytes after the last newline, left by a crash mid-write) is cut back to the
+last complete record and logged; it is never kept silently. The tree is rebuilt from the file and
+checked against the last persisted checkpoint, so a log that lost or changed checkpointed entries
+refuses to open.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from sdk._errors import AuditLogError
+from sdk.audit import Checkpoint, MerkleTree, SignedNote, hash_leaf
+
+__all__ = ["FileOps", "OsFileOps", "TenantLog"]
+
+_log = logging.getLogger("veil.audit")
+ENTRIES = "entries.jsonl"
+CHECKPOINT = "checkpoint"
+_READ_CHUNK = 1 << 22
+
+
+class FileOps(Protocol):
+    """The two system calls the writer makes durable records with (injectable for tests)."""
+
+    def write(self, fd: int, data: bytes) -> int: ...
+
+    def fsync(self, fd: int) -> None: ...
+
+
+class OsFileOps:
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+
+@dataclass
+class _Batch:
+    lines: list[bytes] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    first_index: int = -1
+    error: AuditLogError | None = None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TenantLog:
+    """Append-only, durable, Merkle-tree-backed log for one tenant (thread-safe)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        group_commit: bool = True,
+        file_ops: FileOps | None = None,
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / ENTRIES
+        self._ops: FileOps = file_ops or OsFileOps()
+        self._group_commit = group_commit
+        self._tree = MerkleTree()
+        self._ends = array("Q")  # byte offset just past each line's newline
+        self._tree_lock = threading.Lock()  # guards _tree and _ends
+        self._queue_lock = threading.Lock()
+        self._queue_cv = threading.Condition(self._queue_lock)
+        self._batch = _Batch()
+        self._closing = False
+        self._failure: AuditLogError | None = None
+        self._io_lock = threading.Lock()  # one-fsync-per-record mode
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._durable = self._recover()
+            self._check_against_checkpoint()
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._writer: threading.Thread | None = None
+        if group_commit:
+            self._writer = threading.Thread(
+                target=self._run, name=f"veil-audit-writer:{directory.name}", daemon=True
+            )
+            self._writer.start()
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def _recover(self) -> int:
+        """Rebuild the tree from the file; cut a torn tail. Returns the durable length."""
+        offset = 0
+        carry = b""
+        with open(self.path, "rb") as f:
+            while chunk := f.read(_READ_CHUNK):
+                data = carry + chunk
+                start = 0
+                while (nl := data.find(b"\n", start)) >= 0:
+                    line = data[start:nl]
+                    if not (line.startswith(b"{") and line.endswith(b"}")):
+                        raise AuditLogError(
+                            f"audit log {self.path} line {self._tree.size + 1} is corrupt; "
+                            "refusing to open it"
+                        )
+                    self._tree.append_hash(hash_leaf(line))
+                    offset += nl + 1 - start
+                    self._ends.append(offset)
+                    start = nl + 1
+                carry = data[start:]
+        if carry:
+            _log.warning(
+                "audit log %s: cutting a torn tail of %d bytes after record %d (crash mid-write)",
+                self.path,
+                len(carry),
+                self._tree.size,
+            )
+            os.ftruncate(self._fd, offset)
+            os.fsync(self._fd)
+        return offset
+
+    def _check_against_checkpoint(self) -> None:
+        path = self.directory / CHECKPOINT
+        if not path.exists():
+            return
+        try:
+            checkpoint = Checkpoint.from_text(SignedNote.from_text(path.read_bytes()).text)
+        except AuditLogError as exc:
+            raise AuditLogError(f"audit log checkpoint {path} is malformed: {exc}") from exc
+        if checkpoint.size > self._tree.size:
+            raise AuditLogError(
+                f"audit log {self.path} has {self._tree.size} records but its last checkpoint "
+                f"signed {checkpoint.size}: checkpointed records were lost"
+            )
+        if self._tree.root(checkpoint.size) != checkpoint.root_hash:
+            raise AuditLogError(
+                f"audit log {self.path} does not match its last checkpoint at size "
+                f"{checkpoint.size}: records were altered"
+            )
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def append_line(self, line: bytes) -> int:
+        """Append one record line (no newline); return its index once it is durable."""
+        if b"\n" in line:
+            raise AuditLogError("an audit record line must not contain a newline")
+        leaf = hash_leaf(line)
+        if not self._group_commit:
+            return self._append_now(line, leaf)
+        with self._queue_cv:
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                raise AuditLogError(f"audit log {self.directory.name} is closed")
+            batch = self._batch
+            position = len(batch.lines)
+            batch.lines.append(line)
+            batch.hashes.append(leaf)
+            if position == 0:
+                self._queue_cv.notify()
+        batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.first_index + position
+
+    def _append_now(self, line: bytes, leaf: bytes) -> int:
+        with self._io_lock:
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                raise AuditLogError(f"audit log {self.directory.name} is closed")
+            try:
+                self._write_all(line + b"\n")
+                self._ops.fsync(self._fd)
+            except Exception as exc:
+                self._fail(exc)
+                assert self._failure is not None
+                raise self._failure from exc
+            return self._commit([line], [leaf])
+
+    def _write_all(self, data: bytes) -> None:
+        while data:
+            written = self._ops.write(self._fd, data)
+            if written <= 0:
+                raise OSError(errno.EIO, "write made no progress")
+            data = data[written:]
+
+    def _commit(self, lines: list[bytes], hashes: list[bytes]) -> int:
+        with self._tree_lock:
+            first = self._tree.size
+            offset = self._durable
+            for line, leaf in zip(lines, hashes, strict=True):
+                self._tree.append_hash(leaf)
+                offset += len(line) + 1
+                self._ends.append(offset)
+            self._durable = offset
+        return first
+
+    def _fail(self, exc: Exception) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self._failure = AuditLogError(
+            f"audit log {self.directory.name} stopped: write/fsync failed "
+            f"({reason}); no further records are accepted"
+        )
+        _log.error("audit log %s stopped after an I/O error: %s", self.path, exc)
+        try:  # leave no unacknowledged bytes behind (best effort; recovery copes if this fails)
+            os.ftruncate(self._fd, self._durable)
+        except OSError:
+            _log.error("audit log %s: could not cut back to %d bytes", self.path, self._durable)
+
+    def _run(self) -> None:
+        while True:
+            with self._queue_cv:
+                while not self._batch.lines and not self._closing:
+                    self._queue_cv.wait()
+                batch = self._batch
+                if not batch.lines:  # closing with nothing queued
+                    return
+                self._batch = _Batch()
+            try:
+                self._write_all(b"".join(line + b"\n" for line in batch.lines))
+                self._ops.fsync(self._fd)
+            except Exception as exc:  # OSError in practice; anything else must not hang appenders
+                with self._queue_cv:
+                    self._fail(exc)
+                    batch.error = self._failure
+                    pending, self._batch = self._batch, _Batch()
+                    pending.error = self._failure
+                batch.done.set()
+                pending.done.set()
+                return
+            batch.first_index = self._commit(batch.lines, batch.hashes)
+            batch.done.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    @property
+    def size(self) -> int:
+        with self._tree_lock:
+            return self._tree.size
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """(size, root) of the durable tree, read atomically."""
+        with self._tree_lock:
+            return self._tree.size, self._tree.root()
+
+    def root(self, size: int | None = None) -> bytes:
+        with self._tree_lock:
+            return self._tree.root(size)
+
+    def leaf_hash(self, index: int) -> bytes:
+        with self._tree_lock:
+            return self._tree.leaf_hash(index)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        with self._tree_lock:
+            return self._tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        with self._tree_lock:
+            return self._tree.consistency_proof(size1, size2)
+
+    def leaf_hashes(self, size: int) -> bytes:
+        with self._tree_lock:
+            return self._tree.leaf_hashes(size)
+
+    def lines(self, size: int) -> list[bytes]:
+        """The first ``size`` durable lines (without newlines)."""
+        with self._tree_lock:
+            if not 0 <= size <= self._tree.size:
+                raise AuditLogError(f"tree size {size} is outside 0..{self._tree.size}")
+            end = self._ends[size - 1] if size else 0
+        data = os.pread(self._fd, end, 0) if end else b""
+        if len(data) != end:
+            raise AuditLogError(f"audit log {self.path} is shorter than its durable length")
+        out = data.split(b"\n")
+        out.pop()
+        return out
+
+    def write_checkpoint(self, note: str) -> None:
+        """Persist a signed checkpoint atomically (temp file, fsync, rename, fsync dir)."""
+        tmp = self.directory / (CHECKPOINT + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, note.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.directory / CHECKPOINT)
+        fsync_dir(self.directory)
+
+    def close(self) -> None:
+        """Flush what is queued, stop the writer and close the file."""
+        with self._queue_cv:
+            self._closing = True
+            self._queue_cv.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        with self._io_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -1,0 +1,83 @@
+"""``veil serve`` and ``veil measure``: registered into the ``veil`` command by entry points."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register_measure", "register_serve"]
+
+
+def register_serve(sub: Any) -> None:
+    parser = sub.add_parser("serve", help="run an enclave service")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7443, help="0 picks a free port")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument(
+        "--tee",
+        choices=["auto", "simulated"],
+        default="auto",
+        help="evidence source (auto: real hardware when configured, else simulated)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(func=_serve)
+
+
+def register_measure(sub: Any) -> None:
+    parser = sub.add_parser("measure", help="print the expected measurement (hex)")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.set_defaults(func=_measure)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from enclave._config import ensure_config
+    from enclave._enclave import Enclave
+    from enclave._files import write_atomic
+    from enclave.server import create_server
+    from enclave.tee._simulated import SimulatedSnp
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    data_dir: Path = args.data_dir
+    config, created_key = ensure_config(data_dir)
+    if created_key is not None:
+        print(f"created tenant 'default'; its API key is in {created_key} (mode 0600)", flush=True)
+    tee = SimulatedSnp.load_or_create(data_dir)
+    write_atomic(data_dir / "simulated-root.pem", tee.root_pem, mode=0o644)
+    print(
+        "WARNING: simulated TEE: evidence proves nothing about hardware; clients must pin "
+        f"{data_dir / 'simulated-root.pem'} to trust it",
+        file=sys.stderr,
+        flush=True,
+    )
+    enclave = Enclave(config, tee)
+    running = create_server(enclave, host=args.host, port=args.port)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda *_: enclave.rotate_keys())
+    print(f"veil enclave serving on {args.host}:{running.port}", flush=True)
+    print(f"measurement {enclave.measurement.hex()}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    running.stop(grace=5.0)
+    print("veil enclave stopped", flush=True)
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from enclave._config import ServerConfig
+    from enclave._measurement import measure
+
+    print(measure(ServerConfig.load(args.data_dir)).hex())
+    return 0

@@ -1,0 +1,430 @@
+"""DP-SGD training with Opacus: plan a job, train it, export ONNX, describe it in a record."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import tomllib
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import opacus
+import torch
+from opacus import PrivacyEngine
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sdk._errors import ConfigError, VeilError
+
+from ._accounting import AccountantKind, compute_epsilon, find_noise_multiplier
+from ._datasets import Dataset
+from ._export import export_onnx
+from ._models import ModelSpec, build_model
+from ._noise import NoiseMode, NoiseSource
+from ._record import TrainingRecord
+
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "ProgressEvent",
+    "TrainingAborted",
+    "TrainingConfig",
+    "TrainingPlan",
+    "TrainingResult",
+    "choose_grad_sample_mode",
+    "plan_training",
+    "evaluate_accuracy",
+    "train",
+]
+
+# Per-sample-gradient modes that train correctly under Poisson sampling. Opacus 1.6's expanded
+# weights ("ew") raise on the empty batches Poisson sampling produces ("Batch size must be
+# positive"), and so does "functorch" on convolutions; they are not offered (resp. refused).
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+
+# Fastest correct mode per built-in model on CPU, measured with bench/bench_privacy.py
+# (--modes prints every mode's samples/s so the choice can be re-checked on new hardware).
+_FASTEST_MODE = {"logreg": "hooks", "mlp": "ghost", "cnn": "hooks"}
+
+
+class TrainingAborted(VeilError):
+    """Training stopped before its last step; ``steps_started`` steps touched the data.
+
+    The budget ledger refunds only the steps that never started (see ``BudgetLedger.settle``).
+    """
+
+    def __init__(self, message: str, *, steps_started: int) -> None:
+        super().__init__(message)
+        self.steps_started = steps_started
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How to train. Give exactly one of ``target_epsilon`` and ``noise_multiplier``.
+
+    ``batch_size`` is the *expected* batch size: batches are Poisson-sampled at rate
+    ``1 / ceil(rows / batch_size)``, so one epoch is ``ceil(rows / batch_size)`` steps.
+    ``seed`` fixes model initialisation and, in fast noise mode, the random streams.
+    """
+
+    epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 0.5
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-6
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    accountant: AccountantKind = AccountantKind.PRV
+    grad_sample_mode: str = "auto"
+    noise: NoiseMode = NoiseMode.SECURE
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs is {self.epochs}; need at least 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size is {self.batch_size}; need at least 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate {self.learning_rate} must be positive")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer {self.optimizer!r} unsupported; use 'sgd' or 'adam'")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum {self.momentum} must be in [0, 1)")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ConfigError(f"max_grad_norm {self.max_grad_norm} must be positive")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta {self.delta} must be in (0, 1)")
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ConfigError("give exactly one of target_epsilon and noise_multiplier")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError(f"target_epsilon {self.target_epsilon} must be positive")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(f"noise_multiplier {self.noise_multiplier} must be positive")
+        if self.grad_sample_mode not in ("auto", *GRAD_SAMPLE_MODES):
+            raise ConfigError(
+                f"grad_sample_mode {self.grad_sample_mode!r} unknown; use auto or one of "
+                f"{GRAD_SAMPLE_MODES}"
+            )
+        if self.noise is NoiseMode.FAST and self.seed is None:
+            raise ConfigError("fast (seeded) noise needs a seed")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> TrainingConfig:
+        """Build from a TOML table / JSON object; unknown keys are refused."""
+        names = set(cls.__dataclass_fields__)
+        unknown = set(raw) - names
+        if unknown:
+            raise ConfigError(f"training config has unknown key(s) {sorted(unknown)}")
+        kwargs = dict(raw)
+        try:
+            if "accountant" in kwargs:
+                kwargs["accountant"] = AccountantKind(kwargs["accountant"])
+            if "noise" in kwargs:
+                kwargs["noise"] = NoiseMode(kwargs["noise"])
+            for key in ("learning_rate", "momentum", "max_grad_norm", "delta",
+                        "target_epsilon", "noise_multiplier"):
+                if kwargs.get(key) is not None:
+                    kwargs[key] = float(kwargs[key])
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"training config is malformed: {exc}") from exc
+
+    @classmethod
+    def from_toml(cls, text: str | bytes) -> TrainingConfig:
+        """Parse the ``[training]`` table of a TOML document (or its top level)."""
+        try:
+            doc = tomllib.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"training config is not valid TOML: {exc}") from exc
+        table = doc.get("training", doc)
+        if not isinstance(table, dict):
+            raise ConfigError("training config [training] must be a table")
+        return cls.from_mapping(table)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The privacy-relevant schedule of a job, fixed before it starts (and before it is charged)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_epoch: int
+    steps: int
+    delta: float
+    epsilon: float
+    accountant: AccountantKind
+
+    def epsilon_after(self, steps: int) -> float:
+        """Epsilon spent if only the first ``steps`` steps run."""
+        return compute_epsilon(noise_multiplier=self.noise_multiplier,
+                               sample_rate=self.sample_rate, steps=min(steps, self.steps),
+                               delta=self.delta, accountant=self.accountant)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Reported after steps: ``epsilon`` is spent so far (an upper bound)."""
+
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """ONNX bytes to serve, the record to sign, the trained torch model (eval mode), and the
+    wall-clock seconds the DP training loop took (for benchmarks; not part of the record)."""
+
+    onnx: bytes
+    record: TrainingRecord
+    model: nn.Module
+    train_seconds: float
+
+
+def plan_training(num_rows: int, config: TrainingConfig) -> TrainingPlan:
+    """Fix the schedule: sample rate ``1/k`` with ``k = ceil(rows / batch_size)``, ``k`` steps per
+    epoch, and the noise multiplier (given, or the smallest reaching ``target_epsilon``)."""
+    if num_rows < 1:
+        raise ConfigError("cannot plan training on an empty dataset")
+    k = max(1, math.ceil(num_rows / config.batch_size))
+    sample_rate = 1.0 / k
+    steps = k * config.epochs
+    if config.noise_multiplier is not None:
+        sigma = config.noise_multiplier
+    else:
+        assert config.target_epsilon is not None
+        sigma = find_noise_multiplier(target_epsilon=config.target_epsilon,
+                                      sample_rate=sample_rate, steps=steps, delta=config.delta,
+                                      accountant=config.accountant)
+    eps = compute_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps,
+                          delta=config.delta, accountant=config.accountant)
+    return TrainingPlan(sigma, sample_rate, k, steps, config.delta, eps, config.accountant)
+
+
+def choose_grad_sample_mode(spec: ModelSpec) -> str:
+    """The per-sample-gradient mode measured fastest on CPU for this built-in model."""
+    return _FASTEST_MODE[spec.kind]
+
+
+class _Rows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Tensor rows with batched fetch (``__getitems__``): one gather per batch, no per-row
+    Python work."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+    def __getitems__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx]
+
+
+def _as_batch(b: Any) -> Any:
+    return b
+
+
+class _PoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]
+    """Opacus' Poisson sampler (each row independently with probability ``sample_rate``, one
+    batch per step, empty batches kept) over this process's shard, reseeding before each draw."""
+
+    def __init__(self, *, shard: torch.Tensor, sample_rate: float, steps: int,
+                 noise: NoiseSource) -> None:
+        super().__init__(num_samples=int(shard.shape[0]), sample_rate=sample_rate,
+                         generator=noise.sampling, steps=steps)
+        self._shard = shard
+        self._noise = noise
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for _ in range(self.steps):
+            self._noise.before_sampling()
+            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            yield self._shard[mask]
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(
+    dataset: Dataset,
+    spec: ModelSpec,
+    config: TrainingConfig,
+    *,
+    plan: TrainingPlan | None = None,
+    noise: NoiseSource | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    progress_every: int = 0,
+) -> TrainingResult:
+    """Train ``spec`` on ``dataset`` with DP-SGD and return ONNX bytes plus the training record.
+
+    ``plan`` defaults to ``plan_training(dataset.num_rows, config)``; pass the plan you charged to
+    the budget ledger. ``noise`` defaults from ``config.noise`` (secure: CSPRNG-reseeded). Under
+    an initialised ``torch.distributed`` process group (e.g. ``torchrun``) the model is wrapped
+    in Opacus' DPDDP: each rank Poisson-samples its shard of rows at the same rate, noise is added
+    on rank 0 only, and the accounting is that of the single-process run.
+    ``progress`` is called every ``progress_every`` steps (0: at each epoch end) and at the end.
+    Raises ``TrainingAborted`` (with ``steps_started``) if anything fails mid-run.
+    """
+    if dataset.num_classes > spec.num_classes:
+        raise ConfigError(
+            f"dataset has {dataset.num_classes} classes but the model outputs {spec.num_classes}"
+        )
+    per_row = math.prod(dataset.feature_shape)
+    if per_row != spec.input_size:
+        raise ConfigError(
+            f"dataset rows have {per_row} features but the model expects shape {spec.input_shape}"
+        )
+    plan = plan or plan_training(dataset.num_rows, config)
+    expected = plan_training(dataset.num_rows, replace(
+        config, target_epsilon=None, noise_multiplier=plan.noise_multiplier))
+    if (expected.sample_rate, expected.steps) != (plan.sample_rate, plan.steps):
+        raise ConfigError("training plan does not match this dataset and config")
+    rank, world = _world()
+    if noise is None:
+        if config.noise is NoiseMode.SECURE:
+            noise = NoiseSource.secure()
+        else:
+            assert config.seed is not None
+            noise = NoiseSource.fast(config.seed, rank=rank)
+    noise.announce()
+    mode = choose_grad_sample_mode(spec) if config.grad_sample_mode == "auto" \
+        else config.grad_sample_mode
+    if mode == "functorch" and spec.kind == "cnn":
+        raise ConfigError("grad_sample_mode 'functorch' fails on empty Poisson batches of "
+                          "convolutions; use hooks or ghost for the cnn")
+
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    net = build_model(spec)
+    x = torch.from_numpy(dataset.features).reshape(-1, *spec.input_shape)
+    y = torch.from_numpy(dataset.labels)
+    sampler = _PoissonSampler(shard=torch.arange(rank, dataset.num_rows, world),
+                              sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
+                              noise=noise)
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
+        _Rows(x, y), batch_sampler=sampler, collate_fn=_as_batch)
+
+    module: nn.Module = DPDDP(net) if world > 1 else net
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(module.parameters(), lr=config.learning_rate,
+                                    momentum=config.momentum)
+    else:
+        optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
+    with warnings.catch_warnings():
+        # Opacus warns that its torchcsprng secure_mode is off; NoiseSource replaces it.
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant=plan.accountant.value, secure_mode=False)
+        made = engine.make_private(
+            module=module, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+            data_loader=loader, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=config.max_grad_norm, poisson_sampling=False,
+            noise_generator=noise.noise, grad_sample_mode=mode,
+        )
+    if len(made) == 4:
+        dp_model, dp_opt, criterion, dp_loader = made
+    else:
+        dp_model, dp_opt, dp_loader = made
+        criterion = nn.CrossEntropyLoss()
+    # Opacus took the loader's length as 1/sample_rate; it must be exactly our plan's rate.
+    if 1.0 / len(dp_loader) != plan.sample_rate:
+        raise VeilError("Opacus sample rate disagrees with the training plan")
+    dp_opt.secure_mode = noise.is_secure  # Opacus' floating-point-attack-resistant noise
+
+    steps_started = 0
+    loss_value = float("nan")
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            # Ghost clipping's second backward pass trips a benign torch hook warning every step.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            dp_model.train()
+            for epoch in range(config.epochs):
+                for xb, yb in dp_loader:
+                    steps_started += 1
+                    dp_opt.zero_grad(set_to_none=True)
+                    out = dp_model(xb)
+                    loss = criterion(out, yb)
+                    loss.backward()
+                    noise.before_noise()
+                    dp_opt.step()
+                    if xb.shape[0]:
+                        loss_value = float(loss.detach())
+                    every = progress_every or plan.steps_per_epoch
+                    last = steps_started == plan.steps
+                    if progress is not None and (steps_started % every == 0 or last):
+                        eps_now = compute_epsilon(
+                            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                            steps=steps_started, delta=plan.delta, accountant=plan.accountant,
+                            precise=last)
+                        progress(ProgressEvent(epoch, steps_started, plan.steps, loss_value,
+                                               eps_now))
+    except Exception as exc:
+        raise TrainingAborted(
+            f"training stopped after starting {steps_started} of {plan.steps} steps: {exc}",
+            steps_started=steps_started,
+        ) from exc
+
+    train_seconds = time.perf_counter() - started
+    ran = sum(n for _, _, n in engine.accountant.history)
+    if ran != plan.steps or steps_started != plan.steps:
+        raise TrainingAborted(
+            f"Opacus accounted {ran} steps but the plan has {plan.steps}",
+            steps_started=steps_started,
+        )
+    try:
+        clean = build_model(spec)
+        clean.load_state_dict(net.state_dict())
+        onnx_bytes = export_onnx(clean, spec.input_shape)
+    except Exception as exc:
+        # Every step ran: the budget must stay spent even though no model comes out.
+        raise TrainingAborted(f"training finished but export failed: {exc}",
+                              steps_started=steps_started) from exc
+    record = TrainingRecord(
+        model=spec.name,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=plan.steps,
+        delta=plan.delta,
+        epsilon=plan.epsilon_after(plan.steps),
+        accountant=plan.accountant.value,
+        max_grad_norm=config.max_grad_norm,
+        dataset_sha256=dataset.sha256,
+        num_rows=dataset.num_rows,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        optimizer=config.optimizer,
+        grad_sample_mode=mode,
+        secure_rng=noise.is_secure,
+        world_size=world,
+        model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        opacus_version=str(opacus.__version__),
+        torch_version=str(torch.__version__),
+    )
+    return TrainingResult(onnx=onnx_bytes, record=record, model=clean.eval(),
+                          train_seconds=train_seconds)
+
+
+def evaluate_accuracy(model: nn.Module, dataset: Dataset, input_shape: tuple[int, ...]) -> float:
+    """Fraction of ``dataset`` rows the model classifies correctly."""
+    with torch.no_grad():
+        x = torch.from_numpy(dataset.features).reshape(-1, *input_shape)
+        pred = model.eval()(x).argmax(dim=1).numpy()
+    return float(np.mean(pred == dataset.labels))

@@ -1,0 +1,1 @@
+"""protos/veil/v1."""

@@ -1,0 +1,65 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SealingSuite(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEALING_SUITE_UNSPECIFIED: _ClassVar[SealingSuite]
+    SEALING_SUITE_X25519_SHA256_AES256GCM: _ClassVar[SealingSuite]
+    SEALING_SUITE_MLKEM768X25519_SHA256_AES256GCM: _ClassVar[SealingSuite]
+SEALING_SUITE_UNSPECIFIED: SealingSuite
+SEALING_SUITE_X25519_SHA256_AES256GCM: SealingSuite
+SEALING_SUITE_MLKEM768X25519_SHA256_AES256GCM: SealingSuite
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SealedRequest(_message.Message):
+    __slots__ = ("version", "suite", "tenant", "request_id", "timestamp_ms", "claims_digest", "sealed")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    suite: int
+    tenant: str
+    request_id: bytes
+    timestamp_ms: int
+    claims_digest: bytes
+    sealed: bytes
+    def __init__(self, version: _Optional[int] = ..., suite: _Optional[int] = ..., tenant: _Optional[str] = ..., request_id: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., claims_digest: _Optional[bytes] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
+class SealedResponse(_message.Message):
+    __slots__ = ("request_id", "nonce", "ciphertext")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    request_id: bytes
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, request_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class RequestBody(_message.Message):
+    __slots__ = ("response_key", "api_key", "payload")
+    RESPONSE_KEY_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    response_key: bytes
+    api_key: str
+    payload: bytes
+    def __init__(self, response_key: _Optional[bytes] = ..., api_key: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...

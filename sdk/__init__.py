@@ -1,0 +1,73 @@
+"""Veil SDK: verify an enclave's attestation, then talk to it with every byte sealed.
+
+    from sdk import AttestationPolicy, Client
+
+    policy = AttestationPolicy.production(measurements=["<96 hex digits>"])
+    with Client("enclave.example:7443", api_key=key, policy=policy) as client:
+        client.upload_model("model.onnx", name="scorer")
+        scores = client.infer("scorer", {"x": batch})
+
+Nothing is sent to an enclave before its evidence verifies under the policy; every failure
+raises a subclass of :class:`VeilError`.
+"""
+
+from sdk._attested import AttestedEnclave, EnclaveClaims, Evidence, verify_enclave
+from sdk._client import AsyncClient, Client
+from sdk._core import TlsOptions
+from sdk._errors import (
+    AttestationError,
+    AttestationFailure,
+    AuditLogError,
+    ConfigError,
+    DecryptionError,
+    InsecureModeWarning,
+    PrivacyBudgetExceeded,
+    ProtocolError,
+    RemoteError,
+    VeilError,
+    WatermarkError,
+)
+from sdk._models import ModelInfo, TensorInfo
+from sdk._protocol import Suite
+from sdk.attestation import (
+    AttestationPolicy,
+    Product,
+    SnpCertChain,
+    SnpReport,
+    TcbVersion,
+    TrustRoot,
+    VerifiedSnpReport,
+    verify_snp_report,
+)
+
+__all__ = [
+    "AsyncClient",
+    "AttestationError",
+    "AttestationFailure",
+    "AttestationPolicy",
+    "AttestedEnclave",
+    "AuditLogError",
+    "Client",
+    "ConfigError",
+    "DecryptionError",
+    "EnclaveClaims",
+    "Evidence",
+    "InsecureModeWarning",
+    "ModelInfo",
+    "PrivacyBudgetExceeded",
+    "Product",
+    "ProtocolError",
+    "RemoteError",
+    "SnpCertChain",
+    "SnpReport",
+    "Suite",
+    "TcbVersion",
+    "TensorInfo",
+    "TlsOptions",
+    "TrustRoot",
+    "VeilError",
+    "VerifiedSnpReport",
+    "WatermarkError",
+    "verify_enclave",
+    "verify_snp_report",
+]

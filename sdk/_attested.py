@@ -1,0 +1,205 @@
+"""An enclave whose evidence verified: the only thing the SDK will seal data to."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from google.protobuf.message import DecodeError
+
+from protos.veil.v1 import attestation_pb2
+from sdk._errors import AttestationError, AttestationFailure, ProtocolError
+from sdk._protocol import (
+    NONCE_LEN,
+    PROTOCOL_VERSION,
+    PublicKey,
+    Suite,
+    claims_digest,
+    decode_public_key,
+    report_data_for,
+)
+from sdk.attestation._policy import AttestationPolicy
+from sdk.attestation._roots import load_certificates
+from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+
+__all__ = [
+    "AttestedEnclave",
+    "EnclaveClaims",
+    "Evidence",
+    "from_ms",
+    "to_ms",
+    "verify_enclave",
+]
+
+
+def to_ms(ts: datetime) -> int:
+    """Unix milliseconds, as the wire carries time."""
+    return int(ts.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True)
+class EnclaveClaims:
+    """What the enclave states about itself; the hardware report commits to these exact bytes."""
+
+    raw: bytes
+    key_id: str
+    keys: Mapping[Suite, bytes]
+    issued_at: datetime
+    expires_at: datetime
+    measurement_hex: str
+    audit_log_key: bytes
+    audit_log_origin: str
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> EnclaveClaims:
+        msg = attestation_pb2.EnclaveClaims()
+        try:
+            msg.ParseFromString(raw)
+        except DecodeError as exc:
+            raise AttestationError(
+                AttestationFailure.MALFORMED, "enclave claims are not a valid EnclaveClaims"
+            ) from exc
+        if msg.protocol_version != PROTOCOL_VERSION:
+            raise AttestationError(
+                AttestationFailure.UNSUPPORTED,
+                f"enclave speaks protocol version {msg.protocol_version}, SDK speaks "
+                f"{PROTOCOL_VERSION}",
+            )
+        keys: dict[Suite, bytes] = {}
+        for k in msg.keys:
+            try:
+                suite = Suite(k.suite)
+            except ValueError:
+                continue  # a suite this SDK doesn't know; it can still use the others
+            try:
+                decode_public_key(suite, k.public_key)
+            except ProtocolError as exc:
+                raise AttestationError(AttestationFailure.MALFORMED, str(exc)) from exc
+            keys[suite] = bytes(k.public_key)
+        if not keys:
+            raise AttestationError(
+                AttestationFailure.UNSUPPORTED, "enclave offers no sealing suite this SDK knows"
+            )
+        if msg.expires_at_ms <= msg.issued_at_ms:
+            raise AttestationError(AttestationFailure.MALFORMED, "claims expire before issue")
+        return cls(
+            raw=bytes(raw),
+            key_id=msg.key_id,
+            keys=MappingProxyType(keys),
+            issued_at=from_ms(msg.issued_at_ms),
+            expires_at=from_ms(msg.expires_at_ms),
+            measurement_hex=msg.measurement_hex,
+            audit_log_key=bytes(msg.audit_log_key),
+            audit_log_origin=msg.audit_log_origin,
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Attestation evidence as the enclave returned it (not yet verified)."""
+
+    tee: str
+    report: bytes
+    cert_chain: tuple[bytes, ...]
+    claims: bytes
+
+    @classmethod
+    def from_proto(cls, msg: attestation_pb2.AttestationEvidence) -> Evidence:
+        return cls(
+            tee=msg.tee,
+            report=bytes(msg.report),
+            cert_chain=tuple(bytes(c) for c in msg.cert_chain),
+            claims=bytes(msg.claims),
+        )
+
+    def to_proto(self) -> attestation_pb2.AttestationEvidence:
+        return attestation_pb2.AttestationEvidence(
+            tee=self.tee, report=self.report, cert_chain=list(self.cert_chain), claims=self.claims
+        )
+
+
+@dataclass(frozen=True)
+class AttestedEnclave:
+    """A verified enclave: its hardware report, its claims, and how long the verdict holds."""
+
+    report: VerifiedSnpReport
+    claims: EnclaveClaims
+    claims_digest: bytes
+    evidence: Evidence
+    valid_until: datetime
+
+    @property
+    def measurement(self) -> str:
+        return self.report.measurement.hex()
+
+    @property
+    def key_id(self) -> str:
+        return self.claims.key_id
+
+    def public_key(self, suite: Suite) -> PublicKey:
+        if suite not in self.claims.keys:
+            raise AttestationError(
+                AttestationFailure.UNSUPPORTED, f"enclave does not offer suite {suite.name}"
+            )
+        return decode_public_key(suite, self.claims.keys[suite])
+
+    def is_valid_at(self, now: datetime) -> bool:
+        return now < self.valid_until
+
+
+def verify_enclave(
+    evidence: Evidence,
+    *,
+    nonce: bytes,
+    policy: AttestationPolicy,
+    now: datetime,
+    challenge_issued_at: datetime | None = None,
+) -> AttestedEnclave:
+    """Verify evidence answering ``nonce``: hardware report, chain, policy, claims binding."""
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"nonce must be {NONCE_LEN} bytes")
+    if evidence.tee != "sev-snp":
+        raise AttestationError(
+            AttestationFailure.UNSUPPORTED, f"unsupported TEE {evidence.tee!r} (expected sev-snp)"
+        )
+    if not evidence.cert_chain:
+        raise AttestationError(AttestationFailure.BAD_CHAIN, "evidence carries no certificates")
+    certs = [c for blob in evidence.cert_chain for c in load_certificates(blob)]
+    chain = SnpCertChain.from_certificates(certs)
+    digest = claims_digest(evidence.claims)
+    verified = verify_snp_report(
+        evidence.report,
+        chain,
+        policy,
+        now=now,
+        expected_report_data=report_data_for(nonce, digest),
+        challenge_issued_at=challenge_issued_at if challenge_issued_at is not None else now,
+    )
+    claims = EnclaveClaims.from_bytes(evidence.claims)
+    if claims.measurement_hex and not hmac.compare_digest(
+        claims.measurement_hex.encode(), verified.measurement.hex().encode()
+    ):
+        raise AttestationError(
+            AttestationFailure.MEASUREMENT_MISMATCH,
+            "claimed measurement differs from the hardware report's",
+        )
+    if now >= claims.expires_at:
+        raise AttestationError(
+            AttestationFailure.EXPIRED,
+            f"enclave key epoch expired at {claims.expires_at.isoformat()}",
+        )
+    valid_until = min(now + policy.max_evidence_age, claims.expires_at)
+    return AttestedEnclave(
+        report=verified,
+        claims=claims,
+        claims_digest=digest,
+        evidence=evidence,
+        valid_until=valid_until,
+    )

@@ -1,0 +1,347 @@
+"""``Client`` (blocking) and ``AsyncClient`` (asyncio) over one shared ``ClientCore``.
+
+Both verify the enclave's attestation before the first byte of data is sent, cache the verdict
+until it expires, and re-attest once when the enclave says its key rotated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+import grpc.aio
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import Message
+from tqdm import tqdm
+
+from protos.veil.v1 import (
+    attestation_pb2_grpc,
+    common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+from sdk._attested import AttestedEnclave
+from sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
+from sdk._errors import RemoteError
+from sdk._models import ModelInfo
+from sdk._protocol import Method, Suite
+from sdk._sealing import SealedCall
+from sdk.attestation._policy import AttestationPolicy
+
+__all__ = ["AsyncClient", "Client"]
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+ModelSource = str | Path | bytes
+
+
+def _read_model(source: ModelSource) -> bytes:
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class _Base:
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str,
+        policy: AttestationPolicy,
+        tenant: str = "default",
+        suite: Suite = Suite.X25519_SHA256_AES256GCM,
+        tls: TlsOptions | None = None,
+        timeout: float = 60.0,
+        progress: bool = False,
+        chunk_size: int = 1024 * 1024,
+        max_message_bytes: int = 65 * 1024 * 1024,
+        clock: Callable[[], datetime] = _utcnow,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key is required")
+        self._target = target
+        self._tls = tls
+        self._timeout = timeout
+        self._progress = progress
+        self._options = _channel_options(max_message_bytes)
+        self._core = ClientCore(
+            tenant=tenant,
+            api_key=api_key,
+            policy=policy,
+            suite=suite,
+            clock=clock,
+            random=random,
+            chunk_size=chunk_size,
+        )
+        self._connect()
+
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._target!r}, tenant={self._core.tenant!r})"
+
+    def _bar(self, total: int, name: str) -> tqdm[None]:
+        return tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=f"uploading {name}",
+            disable=not self._progress,
+            leave=False,
+        )
+
+
+class Client(_Base):
+    """Blocking client. Use as a context manager::
+
+    policy = AttestationPolicy.production(measurements=[EXPECTED])
+    with Client("enclave:7443", api_key=key, policy=policy) as client:
+        client.upload_model("model.onnx", name="scorer")
+        result = client.infer("scorer", {"x": batch})
+    """
+
+    def _connect(self) -> None:
+        if self._tls is not None:
+            self._channel = grpc.secure_channel(
+                self._target, self._tls.credentials(), self._options
+            )
+        else:
+            self._channel = grpc.insecure_channel(self._target, self._options)
+        self._attestation = attestation_pb2_grpc.AttestationServiceStub(self._channel)
+        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def attest(self, *, force: bool = False) -> AttestedEnclave:
+        """Verify the enclave (or return the cached, unexpired verdict). Raises on failure."""
+        if not force and (cached := self._core.cached()) is not None:
+            return cached
+        challenge = self._core.challenge()
+        try:
+            evidence = self._attestation.GetAttestation(challenge.request(), timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise remote_error(exc) from exc
+        return self._core.accept(challenge, evidence)
+
+    def _sealed(self, call: Callable[[AttestedEnclave], T]) -> T:
+        """Run ``call`` with a verified enclave; on ``key-rotated``, re-attest and retry once."""
+        try:
+            return call(self.attest())
+        except RemoteError as exc:
+            if exc.reason != "key-rotated":
+                raise
+            self._core.invalidate()
+            return call(self.attest(force=True))
+
+    def _unary(
+        self,
+        method: Method,
+        stub: Callable[..., common_pb2.SealedResponse],
+        request: Message,
+        response: M,
+    ) -> M:
+        def run(enclave: AttestedEnclave) -> M:
+            sealed = self._core.seal(enclave, method, request)
+            try:
+                answer = stub(sealed.request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                raise remote_error(exc) from exc
+            return self._core.open(sealed, answer, type(response)())
+
+        return self._sealed(run)
+
+    def upload_model(self, model: ModelSource, name: str) -> ModelInfo:
+        """Encrypt and stream an ONNX model to the enclave; return the registered version."""
+        data = _read_model(model)
+
+        def run(enclave: AttestedEnclave) -> ModelInfo:
+            with self._bar(len(data), name) as bar:
+                sealed, messages = self._core.upload(enclave, data, name, bar.update)
+                try:
+                    answer = self._models.UploadModel(messages, timeout=self._timeout)
+                except grpc.RpcError as exc:
+                    raise remote_error(exc) from exc
+            return ModelInfo.from_proto(self._core.open(sealed, answer, models_pb2.ModelInfo()))
+
+        return self._sealed(run)
+
+    def list_models(self) -> list[ModelInfo]:
+        """This tenant's registered models, every version."""
+        response = self._unary(
+            Method.LIST_MODELS,
+            self._models.ListModels,
+            models_pb2.ListModelsRequest(),
+            models_pb2.ListModelsResponse(),
+        )
+        return ClientCore.model_infos(response)
+
+    def delete_model(self, model: str) -> list[ModelInfo]:
+        """Delete ``name@version``, or every version of ``name``; return what was deleted."""
+        response = self._unary(
+            Method.DELETE_MODEL,
+            self._models.DeleteModel,
+            models_pb2.DeleteModelRequest(model=model),
+            models_pb2.ListModelsResponse(),
+        )
+        return ClientCore.model_infos(response)
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.ArrayLike],
+        *,
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """Run ``model`` (``name`` or ``name@version``) on ``inputs``; sealed both ways."""
+        request = ClientCore.infer_request(model, inputs, output_names)
+        response = self._unary(
+            Method.INFER, self._inference.Infer, request, inference_pb2.InferResponse()
+        )
+        return ClientCore.infer_result(response)
+
+
+class AsyncClient(_Base):
+    """asyncio client with the same behaviour as :class:`Client`::
+
+    async with AsyncClient(target, api_key=key, policy=policy) as client:
+        out = await client.infer("scorer", {"x": batch})
+    """
+
+    def _connect(self) -> None:
+        if self._tls is not None:
+            self._aio_channel = grpc.aio.secure_channel(
+                self._target, self._tls.credentials(), self._options
+            )
+        else:
+            self._aio_channel = grpc.aio.insecure_channel(self._target, self._options)
+        self._attestation = attestation_pb2_grpc.AttestationServiceStub(self._aio_channel)
+        self._models = models_pb2_grpc.ModelServiceStub(self._aio_channel)
+        self._inference = inference_pb2_grpc.InferenceServiceStub(self._aio_channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._aio_channel.close()
+
+    async def attest(self, *, force: bool = False) -> AttestedEnclave:
+        if not force and (cached := self._core.cached()) is not None:
+            return cached
+        challenge = self._core.challenge()
+        try:
+            evidence = await self._attestation.GetAttestation(
+                challenge.request(), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise remote_error(exc) from exc
+        return self._core.accept(challenge, evidence)
+
+    async def _sealed(self, call: Callable[[AttestedEnclave], Awaitable[T]]) -> T:
+        try:
+            return await call(await self.attest())
+        except RemoteError as exc:
+            if exc.reason != "key-rotated":
+                raise
+            self._core.invalidate()
+            return await call(await self.attest(force=True))
+
+    async def _unary(
+        self, method: Method, stub: Callable[..., Any], request: Message, response: M
+    ) -> M:
+        async def run(enclave: AttestedEnclave) -> M:
+            sealed: SealedCall = self._core.seal(enclave, method, request)
+            try:
+                answer = await stub(sealed.request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                raise remote_error(exc) from exc
+            return self._core.open(sealed, answer, type(response)())
+
+        return await self._sealed(run)
+
+    async def upload_model(self, model: ModelSource, name: str) -> ModelInfo:
+        data = _read_model(model)
+
+        async def run(enclave: AttestedEnclave) -> ModelInfo:
+            with self._bar(len(data), name) as bar:
+                sealed, messages = self._core.upload(enclave, data, name, bar.update)
+
+                async def stream() -> AsyncIterator[models_pb2.UploadMessage]:
+                    for message in messages:
+                        yield message
+
+                try:
+                    answer = await self._models.UploadModel(
+                        stream(), timeout=self._timeout
+                    )
+                except grpc.RpcError as exc:
+                    raise remote_error(exc) from exc
+            return ModelInfo.from_proto(self._core.open(sealed, answer, models_pb2.ModelInfo()))
+
+        return await self._sealed(run)
+
+    async def list_models(self) -> list[ModelInfo]:
+        response = await self._unary(
+            Method.LIST_MODELS,
+            self._models.ListModels,
+            models_pb2.ListModelsRequest(),
+            models_pb2.ListModelsResponse(),
+        )
+        return ClientCore.model_infos(response)
+
+    async def delete_model(self, model: str) -> list[ModelInfo]:
+        response = await self._unary(
+            Method.DELETE_MODEL,
+            self._models.DeleteModel,
+            models_pb2.DeleteModelRequest(model=model),
+            models_pb2.ListModelsResponse(),
+        )
+        return ClientCore.model_infos(response)
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.ArrayLike],
+        *,
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        request = ClientCore.infer_request(model, inputs, output_names)
+        response = await self._unary(
+            Method.INFER, self._inference.Infer, request, inference_pb2.InferResponse()
+        )
+        return ClientCore.infer_result(response)

@@ -1,0 +1,196 @@
+"""The client logic shared by ``Client`` and ``AsyncClient``: pure steps, no I/O.
+
+The two clients differ only in how they await the channel; everything that decides what is sent
+and what is accepted lives here, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import DecodeError, Message
+
+from protos.veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2
+from sdk._attested import AttestedEnclave, Evidence, to_ms, verify_enclave
+from sdk._errors import ProtocolError, RemoteError
+from sdk._models import ModelInfo
+from sdk._protocol import MODEL_KEY_LEN, NONCE_LEN, Method, Suite
+from sdk._sealing import SealedCall, encrypt_chunk, open_response, seal_request
+from sdk._tensors import from_proto, to_proto
+from sdk.attestation._policy import AttestationPolicy
+
+__all__ = ["Challenge", "ClientCore", "TlsOptions", "remote_error"]
+
+REASON_KEY = "veil-reason"
+DEFAULT_CHUNK = 1024 * 1024
+M = TypeVar("M", bound=Message)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """Channel TLS: server roots (PEM), and for mutual TLS a client certificate and key."""
+
+    root_certificates: bytes | None = None
+    client_certificate: bytes | None = None
+    client_key: bytes | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.client_key,
+            certificate_chain=self.client_certificate,
+        )
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: bytes
+    issued_at: datetime
+
+    def request(self) -> attestation_pb2.AttestationRequest:
+        return attestation_pb2.AttestationRequest(nonce=self.nonce)
+
+
+def remote_error(exc: grpc.RpcError) -> RemoteError:
+    """A gRPC error as a ``RemoteError`` carrying the enclave's ``veil-reason``."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    reason = ""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == REASON_KEY:
+            reason = value if isinstance(value, str) else value.decode()
+    name = code.name if code is not None else "UNKNOWN"
+    return RemoteError(name, details or "", reason=reason)
+
+
+@dataclass
+class ClientCore:
+    """State and pure steps of a Veil client: attestation cache, sealing, framing."""
+
+    tenant: str
+    api_key: str
+    policy: AttestationPolicy
+    suite: Suite = Suite.X25519_SHA256_AES256GCM
+    clock: Callable[[], datetime] = _utcnow
+    random: Callable[[int], bytes] = os.urandom
+    chunk_size: int = DEFAULT_CHUNK
+    attested: AttestedEnclave | None = field(default=None, init=False)
+
+    def __repr__(self) -> str:  # never show the API key
+        return f"ClientCore(tenant={self.tenant!r}, suite={self.suite.name})"
+
+    # -- attestation ----------------------------------------------------------------------
+
+    def challenge(self) -> Challenge:
+        return Challenge(nonce=self.random(NONCE_LEN), issued_at=self.clock())
+
+    def accept(
+        self, challenge: Challenge, evidence: attestation_pb2.AttestationEvidence
+    ) -> AttestedEnclave:
+        """Verify evidence answering ``challenge``; cache it. Raises ``AttestationError``."""
+        self.attested = None
+        attested = verify_enclave(
+            Evidence.from_proto(evidence),
+            nonce=challenge.nonce,
+            policy=self.policy,
+            now=self.clock(),
+            challenge_issued_at=challenge.issued_at,
+        )
+        self.attested = attested
+        return attested
+
+    def cached(self) -> AttestedEnclave | None:
+        """The cached attestation while it is valid; ``None`` means attest first."""
+        if self.attested is not None and self.attested.is_valid_at(self.clock()):
+            return self.attested
+        return None
+
+    def invalidate(self) -> None:
+        self.attested = None
+
+    # -- sealing --------------------------------------------------------------------------
+
+    def seal(self, enclave: AttestedEnclave, method: Method, message: Message) -> SealedCall:
+        return seal_request(
+            enclave,
+            method=method.value,
+            tenant=self.tenant,
+            api_key=self.api_key,
+            payload=message.SerializeToString(),
+            timestamp_ms=to_ms(self.clock()),
+            suite=self.suite,
+            random=self.random,
+        )
+
+    @staticmethod
+    def open(call: SealedCall, response: common_pb2.SealedResponse, message: M) -> M:
+        payload = open_response(call, response)
+        try:
+            message.ParseFromString(payload)
+        except DecodeError as exc:
+            raise ProtocolError(f"enclave sent a malformed {type(message).__name__}") from exc
+        return message
+
+    # -- models ---------------------------------------------------------------------------
+
+    def upload(
+        self, enclave: AttestedEnclave, data: bytes, name: str, on_chunk: Callable[[int], None]
+    ) -> tuple[SealedCall, Iterator[models_pb2.UploadMessage]]:
+        """Seal the header (with a fresh model key) and lazily encrypt the chunks."""
+        model_key = self.random(MODEL_KEY_LEN)
+        header = models_pb2.UploadHeader(
+            name=name, model_key=model_key, size=len(data), sha256=hashlib.sha256(data).digest()
+        )
+        call = self.seal(enclave, Method.UPLOAD_MODEL, header)
+        size = self.chunk_size
+
+        def messages() -> Iterator[models_pb2.UploadMessage]:
+            yield models_pb2.UploadMessage(header=call.request)
+            count = max(1, -(-len(data) // size))
+            for seq in range(count):
+                piece = data[seq * size : (seq + 1) * size]
+                final = seq == count - 1
+                ciphertext = encrypt_chunk(
+                    model_key, request_id=call.request_id, seq=seq, final=final, data=piece
+                )
+                yield models_pb2.UploadMessage(
+                    chunk=models_pb2.ModelChunk(seq=seq, final=final, ciphertext=ciphertext)
+                )
+                on_chunk(len(piece))
+
+        return call, messages()
+
+    @staticmethod
+    def model_infos(response: models_pb2.ListModelsResponse) -> list[ModelInfo]:
+        return [ModelInfo.from_proto(m) for m in response.models]
+
+    # -- inference ------------------------------------------------------------------------
+
+    @staticmethod
+    def infer_request(
+        model: str, inputs: Mapping[str, npt.ArrayLike], output_names: Sequence[str] | None
+    ) -> inference_pb2.InferRequest:
+        if not inputs:
+            raise ValueError("inputs must name at least one tensor")
+        return inference_pb2.InferRequest(
+            model=model,
+            inputs={name: to_proto(np.asarray(a)) for name, a in inputs.items()},
+            output_names=list(output_names or ()),
+        )
+
+    @staticmethod
+    def infer_result(response: inference_pb2.InferResponse) -> dict[str, npt.NDArray[np.generic]]:
+        return {name: from_proto(t) for name, t in response.outputs.items()}

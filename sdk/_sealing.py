@@ -1,0 +1,142 @@
+"""Sealing: HPKE-sealed requests to a *verified* enclave, AES-256-GCM-sealed responses and chunks.
+
+``seal_request`` takes an :class:`AttestedEnclave`, never a raw key, so data can only be sealed to
+a key that hardware evidence vouched for. Every failure to open is one opaque
+``DecryptionError``: no oracle says which check failed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from protos.veil.v1 import common_pb2
+from sdk._attested import AttestedEnclave
+from sdk._errors import DecryptionError
+from sdk._protocol import (
+    MODEL_KEY_LEN,
+    PROTOCOL_VERSION,
+    REQUEST_ID_LEN,
+    RESPONSE_KEY_LEN,
+    Suite,
+    chunk_aad,
+    chunk_nonce,
+    request_info,
+    response_aad,
+)
+
+__all__ = [
+    "SealedCall",
+    "decrypt_chunk",
+    "encrypt_chunk",
+    "open_response",
+    "seal_request",
+    "seal_response",
+]
+
+Random = Callable[[int], bytes]
+GCM_NONCE_LEN = 12
+
+
+@dataclass(frozen=True)
+class SealedCall:
+    """A sealed request and what the client needs to open its response."""
+
+    request: common_pb2.SealedRequest
+    method: str
+    request_id: bytes
+    response_key: bytes
+
+
+def seal_request(
+    enclave: AttestedEnclave,
+    *,
+    method: str,
+    tenant: str,
+    api_key: str,
+    payload: bytes,
+    timestamp_ms: int,
+    suite: Suite = Suite.X25519_SHA256_AES256GCM,
+    random: Random = os.urandom,
+) -> SealedCall:
+    """Seal ``payload`` (a serialized request message) and the API key to the enclave."""
+    request_id = random(REQUEST_ID_LEN)
+    response_key = random(RESPONSE_KEY_LEN)
+    body = common_pb2.RequestBody(response_key=response_key, api_key=api_key, payload=payload)
+    info = request_info(
+        method=method,
+        tenant=tenant,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        claims_digest=enclave.claims_digest,
+    )
+    sealed = suite.hpke.encrypt(body.SerializeToString(), enclave.public_key(suite), info)
+    request = common_pb2.SealedRequest(
+        version=PROTOCOL_VERSION,
+        suite=int(suite),
+        tenant=tenant,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        claims_digest=enclave.claims_digest,
+        sealed=sealed,
+    )
+    return SealedCall(
+        request=request, method=method, request_id=request_id, response_key=response_key
+    )
+
+
+def seal_response(
+    response_key: bytes,
+    *,
+    method: str,
+    request_id: bytes,
+    payload: bytes,
+    random: Random = os.urandom,
+) -> common_pb2.SealedResponse:
+    """Seal a serialized response message under the client's response key (enclave side)."""
+    nonce = random(GCM_NONCE_LEN)
+    ciphertext = AESGCM(response_key).encrypt(
+        nonce, payload, response_aad(method=method, request_id=request_id)
+    )
+    return common_pb2.SealedResponse(request_id=request_id, nonce=nonce, ciphertext=ciphertext)
+
+
+def open_response(call: SealedCall, response: common_pb2.SealedResponse) -> bytes:
+    """Open the enclave's sealed response to ``call``; raise ``DecryptionError`` on any defect."""
+    if response.request_id != call.request_id or len(response.nonce) != GCM_NONCE_LEN:
+        raise DecryptionError("sealed response could not be opened")
+    try:
+        return AESGCM(call.response_key).decrypt(
+            response.nonce,
+            response.ciphertext,
+            response_aad(method=call.method, request_id=call.request_id),
+        )
+    except InvalidTag as exc:
+        raise DecryptionError("sealed response could not be opened") from exc
+
+
+def encrypt_chunk(
+    model_key: bytes, *, request_id: bytes, seq: int, final: bool, data: bytes
+) -> bytes:
+    """Encrypt one upload chunk; its AAD carries the sequence number and the final flag."""
+    if len(model_key) != MODEL_KEY_LEN:
+        raise ValueError("model key must be 32 bytes")
+    return AESGCM(model_key).encrypt(
+        chunk_nonce(seq), data, chunk_aad(request_id=request_id, seq=seq, final=final)
+    )
+
+
+def decrypt_chunk(
+    model_key: bytes, *, request_id: bytes, seq: int, final: bool, ciphertext: bytes
+) -> bytes:
+    """Decrypt one upload chunk; a moved, truncated or spliced chunk fails to open."""
+    try:
+        return AESGCM(model_key).decrypt(
+            chunk_nonce(seq), ciphertext, chunk_aad(request_id=request_id, seq=seq, final=final)
+        )
+    except (InvalidTag, ValueError) as exc:
+        raise DecryptionError("model chunk could not be opened") from exc

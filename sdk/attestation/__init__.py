@@ -1,0 +1,22 @@
+"""Attestation verifiers. One code path verifies real hardware evidence and the simulated TEE's.
+
+SEV-SNP lives here; Intel TDX and NVIDIA GPU verifiers live in the ``tdx`` and ``nvidia``
+subpackages.
+"""
+
+from sdk.attestation._policy import AttestationPolicy
+from sdk.attestation._roots import TrustRoot, amd_roots
+from sdk.attestation._snp_report import Product, SnpReport, TcbVersion
+from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+
+__all__ = [
+    "AttestationPolicy",
+    "Product",
+    "SnpCertChain",
+    "SnpReport",
+    "TcbVersion",
+    "TrustRoot",
+    "VerifiedSnpReport",
+    "amd_roots",
+    "verify_snp_report",
+]
