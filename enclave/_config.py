@@ -19,9 +19,10 @@ from typing import Any
 from enclave._files import write_private
 from sdk._errors import ConfigError
 
-__all__ = ["DEFAULT_TENANT", "ServerConfig", "Tenant", "TlsConfig", "ensure_config"]
+__all__ = ["DEFAULT_TENANT", "SYSTEM_LOG", "ServerConfig", "Tenant", "TlsConfig", "ensure_config"]
 
 DEFAULT_TENANT = "default"
+SYSTEM_LOG = "system"  # the audit log of service-wide events; no tenant may take this name
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -35,6 +36,11 @@ class Tenant:
 
     def accepts(self, api_key: str) -> bool:
         return hmac.compare_digest(hashlib.sha256(api_key.encode()).digest(), self.api_key_sha256)
+
+    @property
+    def key_id(self) -> str:
+        """A public identifier of the tenant's API key (first 8 bytes of its SHA-256, hex)."""
+        return self.api_key_sha256[:8].hex()
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ class ServerConfig:
         for name, spec in tenants_doc.items():
             if not _TENANT_RE.match(name):
                 raise ConfigError(f"{source}: tenant name {name!r} is not [A-Za-z0-9._-]{{1,64}}")
+            if name == SYSTEM_LOG:
+                raise ConfigError(f"{source}: tenant name {name!r} is reserved for the service log")
             digest = spec.get("api_key_sha256") if isinstance(spec, dict) else None
             if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ConfigError(f"{source}: tenants.{name}.api_key_sha256 must be 64 hex digits")

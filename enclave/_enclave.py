@@ -5,35 +5,40 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
-from enclave._config import ServerConfig, ensure_config
-from enclave._errors import InvalidInput, TooLarge
+from enclave._config import SYSTEM_LOG, ServerConfig, ensure_config
+from enclave._errors import AuthError, InvalidInput, TooLarge
 from enclave._gateway import Gateway, OpenedRequest
 from enclave._keys import KeyEpoch, KeyRing
 from enclave._measurement import measure
 from enclave._onnx import InferenceEngine, validate_onnx
 from enclave._replay import ReplayGuard
 from enclave._store import ModelRecord, ModelStore, parse_ref
+from enclave.audit import AuditLog, ExportFormat, Signer
 from enclave.tee._base import TeeProvider
 from enclave.tee._simulated import SimulatedSnp
-from protos.veil.v1 import inference_pb2, models_pb2
-from sdk._attested import Evidence
+from protos.veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2
+from sdk._attested import Evidence, from_ms
 from sdk._errors import ProtocolError
 from sdk._protocol import MODEL_KEY_LEN, NONCE_LEN, report_data_for
 from sdk._sealing import decrypt_chunk
 from sdk._tensors import from_proto, to_proto
+from sdk.audit import AuditRecord, Checkpoint, DigestKey, EventType, Outcome, SignedNote
 
 __all__ = ["Enclave", "UploadSession"]
 
 log = logging.getLogger("veil.enclave")
 GCM_TAG = 16
+AUDIT_LOG_NAME = "veil-enclave"
 
 
 def _utcnow() -> datetime:
@@ -57,6 +62,16 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
         inputs=specs(record.inputs),
         outputs=specs(record.outputs),
     )
+
+
+@dataclass(frozen=True)
+class Handled:
+    """A method's answer and what its audit record says about it (digests, never plaintext)."""
+
+    message: Message
+    resource: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    model_digest: str | None = None
 
 
 @dataclass
@@ -88,6 +103,13 @@ class Enclave:
         self.tee = tee
         self.clock = clock
         self.measurement = measure(config)
+        self.audit = AuditLog(
+            config.data_dir / "audit",
+            Signer.generate(AUDIT_LOG_NAME),
+            clock=clock,
+            digest_key=DigestKey(tee.sealing_key(b"audit/digest")),
+            checkpoint_interval=1.0,
+        )
         self._epoch_lock = threading.Lock()
         self.keys = KeyRing(self._new_epoch())
         self.gateway = Gateway(
@@ -109,9 +131,105 @@ class Enclave:
             self.measurement.hex(),
             ",".join(self.engine.providers),
         )
+        self.record(
+            EventType.SERVICE_START,
+            details={"measurement": self.measurement.hex(), "audit_log_key": self.audit.vkey},
+        )
+
+    def close(self) -> None:
+        """Record the stop and flush the audit log (call after the server stopped)."""
+        self.record(EventType.SERVICE_STOP)
+        self.audit.close()
+
+    # -- audit ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        event: EventType,
+        *,
+        tenant: str = SYSTEM_LOG,
+        origin: str = "enclave",
+        outcome: Outcome = Outcome.SUCCESS,
+        key_id: str | None = None,
+        resource: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append a record; returns once it is durable."""
+        return self.audit.append(
+            AuditRecord.create(
+                now=self.clock(),
+                event=event,
+                outcome=outcome,
+                tenant=tenant,
+                origin=origin,
+                key_id=key_id,
+                resource=resource,
+                details=details,
+            )
+        )
+
+    def open_request(
+        self, request: common_pb2.SealedRequest, method: str, origin: str
+    ) -> OpenedRequest:
+        """Open a sealed request; an authentication failure is recorded before it is refused."""
+        try:
+            return self.gateway.open(request, method)
+        except AuthError:
+            known = request.tenant in self.config.tenants
+            self.record(
+                EventType.AUTH_FAILURE,
+                tenant=request.tenant if known else SYSTEM_LOG,
+                origin=origin,
+                outcome=Outcome.DENIED,
+                resource=method,
+                details={}
+                if known
+                else {"claimed_tenant_hmac": self.audit.digest(request.tenant.encode())},
+            )
+            raise
+
+    def respond(
+        self, opened: OpenedRequest, handled: Handled, *, event: EventType, origin: str
+    ) -> common_pb2.SealedResponse:
+        """Record the call durably, then seal the answer with the log's receipt for it."""
+        payload = handled.message.SerializeToString()
+        details = {
+            **handled.details,
+            "request_sha256": opened.request_digest,
+            "response_hmac": self.audit.digest(payload),
+        }
+        record = AuditRecord.create(
+            now=self.clock(),
+            event=event,
+            outcome=Outcome.SUCCESS,
+            tenant=opened.tenant,
+            origin=origin,
+            key_id=opened.key_id,
+            resource=handled.resource,
+            details=details,
+        )
+        appended = self.audit.append_with_receipt(
+            record,
+            request_digest=opened.request_digest,
+            response_digest=hashlib.sha256(payload).hexdigest(),
+            model_digest=handled.model_digest,
+        )
+        return self.gateway.respond(opened, payload, appended.receipt)
+
+    def record_failure(
+        self, opened: OpenedRequest, event: EventType, origin: str, exc: BaseException
+    ) -> None:
+        self.record(
+            event,
+            tenant=opened.tenant,
+            origin=origin,
+            outcome=Outcome.FAILURE,
+            key_id=opened.key_id,
+            details={"request_sha256": opened.request_digest, "error": type(exc).__name__},
+        )
 
     @classmethod
-    def open(cls, data_dir: Path, *, clock: Callable[[], datetime] = _utcnow) -> Enclave:
+    def from_data_dir(cls, data_dir: Path, *, clock: Callable[[], datetime] = _utcnow) -> Enclave:
         """Load (or create) the data directory's config and simulated TEE, and start."""
         config, _ = ensure_config(data_dir)
         return cls(config, SimulatedSnp.load_or_create(data_dir), clock=clock)
@@ -123,6 +241,8 @@ class Enclave:
             now=self.clock(),
             lifetime=timedelta(seconds=self.config.key_epoch_seconds),
             measurement=self.measurement,
+            audit_log_key=self.audit.verifier.public_key,
+            audit_log_origin=self.audit.signer.name,
         )
 
     def rotate_keys(self) -> None:
@@ -145,6 +265,7 @@ class Enclave:
             raise ProtocolError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
         epoch = self._fresh_epoch()
         raw = self.tee.evidence(report_data_for(nonce, epoch.digest), self.measurement)
+        self.record(EventType.ATTESTATION_SERVED, resource=epoch.key_id)
         return Evidence(
             tee=raw.tee, report=raw.report, cert_chain=raw.cert_chain, claims=epoch.claims
         )
@@ -197,7 +318,7 @@ class Enclave:
         upload.next_seq += 1
         upload.done = chunk.final
 
-    def finish_upload(self, upload: UploadSession) -> ModelRecord:
+    def finish_upload(self, upload: UploadSession) -> Handled:
         if not upload.done:
             raise InvalidInput(
                 f"upload truncated: stream ended after {upload.next_seq} chunk(s) "
@@ -216,22 +337,33 @@ class Enclave:
         )
         record = self.store.register(upload.opened.tenant, upload.name, data, validated)
         log.info("model registered: tenant=%s ref=%s", record.tenant, record.ref)
-        return record
+        return Handled(
+            model_info(record),
+            resource=record.ref,
+            details={"model_sha256": record.sha256, "size": record.size},
+            model_digest=record.sha256,
+        )
 
-    def list_models(self, tenant: str) -> list[ModelRecord]:
-        return self.store.records(tenant)
+    def list_models(self, tenant: str) -> Handled:
+        records = self.store.records(tenant)
+        return Handled(
+            models_pb2.ListModelsResponse(models=[model_info(r) for r in records]),
+            details={"count": len(records)},
+        )
 
-    def delete_model(self, tenant: str, ref: str) -> list[ModelRecord]:
+    def delete_model(self, tenant: str, ref: str) -> Handled:
         records = self.store.delete(tenant, ref)
         for r in records:
             self.engine.evict(f"{tenant}/{r.name}@{r.version}")
-        return records
+        return Handled(
+            models_pb2.ListModelsResponse(models=[model_info(r) for r in records]),
+            resource=ref,
+            details={"deleted": [r.ref for r in records]},
+        )
 
     # -- inference ------------------------------------------------------------------------
 
-    def infer(
-        self, tenant: str, request: inference_pb2.InferRequest
-    ) -> inference_pb2.InferResponse:
+    def infer(self, tenant: str, request: inference_pb2.InferRequest) -> Handled:
         record = self.store.resolve(tenant, request.model)
         limit = self.config.max_message_bytes
         total = sum(len(t.data) for t in request.inputs.values())
@@ -244,6 +376,78 @@ class Enclave:
             inputs,
             list(request.output_names),
         )
-        return inference_pb2.InferResponse(
-            model=record.ref, outputs={n: to_proto(a) for n, a in outputs.items()}
+        inputs_hmac = self.audit.digest(
+            b"".join(request.inputs[n].SerializeToString() for n in sorted(request.inputs))
+        )
+        return Handled(
+            inference_pb2.InferResponse(
+                model=record.ref, outputs={n: to_proto(a) for n, a in outputs.items()}
+            ),
+            resource=record.ref,
+            details={"model_sha256": record.sha256, "inputs_hmac": inputs_hmac},
+            model_digest=record.sha256,
+        )
+
+    # -- the audit log, for its tenant ----------------------------------------------------
+
+    def _checkpoint_for(self, tenant: str, size: int) -> str:
+        """A signed checkpoint for exactly ``size`` (the current one, or a fresh signature)."""
+        note = self.audit.checkpoint(tenant)
+        if Checkpoint.from_text(SignedNote.from_text(note).text).size == size:
+            return note
+        return self.audit.signed_checkpoint(tenant, size)
+
+    def audit_checkpoint(self, tenant: str) -> Handled:
+        note = self.audit.checkpoint(tenant)
+        return Handled(
+            audit_pb2.CheckpointResponse(checkpoint=note, vkey=self.audit.vkey),
+            details={"size": self.audit.size(tenant)},
+        )
+
+    def audit_inclusion(self, tenant: str, req: audit_pb2.InclusionProofRequest) -> Handled:
+        current = self.audit.size(tenant)
+        size = req.tree_size or current
+        if size > current:
+            raise InvalidInput(f"tree size {size} is beyond the log's {current}")
+        if req.leaf_index >= size:
+            raise InvalidInput(f"leaf {req.leaf_index} is not in a tree of size {size}")
+        proof = self.audit.inclusion_proof(tenant, req.leaf_index, size)
+        return Handled(
+            audit_pb2.InclusionProofResponse(
+                checkpoint=self._checkpoint_for(tenant, size), proof=proof, tree_size=size
+            ),
+            details={"leaf_index": req.leaf_index, "tree_size": size},
+        )
+
+    def audit_consistency(self, tenant: str, req: audit_pb2.ConsistencyProofRequest) -> Handled:
+        current = self.audit.size(tenant)
+        second = req.second_size or current
+        if second > current or not 0 < req.first_size <= second:
+            raise InvalidInput(f"no consistency proof from size {req.first_size} to {second}")
+        proof = self.audit.consistency_proof(tenant, req.first_size, second)
+        return Handled(
+            audit_pb2.ConsistencyProofResponse(
+                checkpoint=self._checkpoint_for(tenant, second), proof=proof, second_size=second
+            ),
+            details={"first_size": req.first_size, "second_size": second},
+        )
+
+    def audit_export(self, tenant: str, req: audit_pb2.ExportRequest) -> Handled:
+        formats = {ExportFormat.JSONL}
+        for name in req.formats:
+            try:
+                formats.add(ExportFormat(name))
+            except ValueError as exc:
+                raise InvalidInput(f"unknown export format {name!r} (jsonl, ocsf, csv)") from exc
+        since = from_ms(req.since_ms) if req.since_ms else None
+        until = from_ms(req.until_ms) if req.until_ms else None
+        with tempfile.TemporaryDirectory(prefix="veil-export-") as tmp:
+            out = Path(tmp) / "export"
+            result = self.audit.export(tenant, out, since=since, until=until, fmt=formats)
+            files = {
+                p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
+            }
+        return Handled(
+            audit_pb2.ExportResponse(files=files),
+            details={"entries": result.entry_count, "tree_size": result.tree_size},
         )

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from enclave._config import Tenant
 from enclave._errors import AuthError
@@ -15,6 +15,7 @@ from enclave._keys import KeyRing
 from enclave._replay import ReplayGuard
 from protos.veil.v1 import common_pb2
 from sdk._attested import to_ms
+from sdk._core import request_digest
 from sdk._errors import DecryptionError, ProtocolError
 from sdk._protocol import (
     PROTOCOL_VERSION,
@@ -37,6 +38,8 @@ class OpenedRequest:
     request_id: bytes
     response_key: bytes = b""
     payload: bytes = b""
+    key_id: str = ""
+    request_digest: str = ""  # SHA-256 of the sealed bytes, as receipts name the request
 
     def __repr__(self) -> str:  # never print keys or payloads
         return f"OpenedRequest(method={self.method!r}, tenant={self.tenant!r})"
@@ -100,13 +103,18 @@ class Gateway:
             request_id=bytes(request.request_id),
             response_key=bytes(body.response_key),
             payload=bytes(body.payload),
+            key_id=tenant.key_id,
+            request_digest=request_digest(request),
         )
 
-    def respond(self, opened: OpenedRequest, message: Message) -> common_pb2.SealedResponse:
+    def respond(
+        self, opened: OpenedRequest, payload: bytes, receipt: str
+    ) -> common_pb2.SealedResponse:
         return seal_response(
             opened.response_key,
             method=opened.method,
             request_id=opened.request_id,
-            payload=message.SerializeToString(),
+            payload=payload,
+            receipt=receipt,
             random=self._random,
         )

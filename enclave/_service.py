@@ -1,18 +1,25 @@
-"""Thin gRPC servicers: decode, call the enclave, encode. Errors map in ``enclave._status``."""
+"""Thin gRPC servicers: decode, call the enclave, encode. Errors map in ``enclave._status``.
+
+Every sealed call goes through :meth:`_Servicer._sealed`: open (auth failures are recorded),
+run, record the outcome durably in the audit log, answer with the log's receipt.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from enclave._enclave import Enclave, model_info
+from enclave._enclave import Enclave, Handled
+from enclave._gateway import OpenedRequest
 from enclave._status import grpc_errors
 from protos.veil.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     common_pb2,
     inference_pb2,
     inference_pb2_grpc,
@@ -21,9 +28,9 @@ from protos.veil.v1 import (
 )
 from sdk._errors import ProtocolError
 from sdk._protocol import Method
+from sdk.audit import EventType
 
-__all__ = ["AttestationServicer", "InferenceServicer", "ModelServicer"]
-
+__all__ = ["AttestationServicer", "AuditServicer", "InferenceServicer", "ModelServicer"]
 
 M = TypeVar("M", bound=Message)
 
@@ -36,10 +43,29 @@ def _parse(message: M, payload: bytes) -> M:
     return message
 
 
-class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
+class _Servicer:
     def __init__(self, enclave: Enclave) -> None:
         self._enclave = enclave
 
+    def _sealed(
+        self,
+        request: common_pb2.SealedRequest,
+        context: grpc.ServicerContext,
+        method: Method,
+        event: EventType,
+        handle: Callable[[OpenedRequest], Handled],
+    ) -> common_pb2.SealedResponse:
+        origin = context.peer()
+        opened = self._enclave.open_request(request, method.value, origin)
+        try:
+            handled = handle(opened)
+        except Exception as exc:
+            self._enclave.record_failure(opened, event, origin, exc)
+            raise
+        return self._enclave.respond(opened, handled, event=event, origin=origin)
+
+
+class AttestationServicer(_Servicer, attestation_pb2_grpc.AttestationServiceServicer):
     @grpc_errors
     def GetAttestation(
         self, request: attestation_pb2.AttestationRequest, context: grpc.ServicerContext
@@ -47,10 +73,7 @@ class AttestationServicer(attestation_pb2_grpc.AttestationServiceServicer):
         return self._enclave.attestation(request.nonce).to_proto()
 
 
-class ModelServicer(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, enclave: Enclave) -> None:
-        self._enclave = enclave
-
+class ModelServicer(_Servicer, models_pb2_grpc.ModelServiceServicer):
     @grpc_errors
     def UploadModel(
         self, request_iterator: Iterator[models_pb2.UploadMessage], context: grpc.ServicerContext
@@ -58,45 +81,89 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("kind") != "header":
             raise ProtocolError("upload must start with a sealed header")
-        opened = self._enclave.gateway.open(first.header, Method.UPLOAD_MODEL.value)
-        upload = self._enclave.begin_upload(opened)
-        for message in request_iterator:
-            if message.WhichOneof("kind") != "chunk":
-                raise ProtocolError("only chunks may follow the upload header")
-            self._enclave.add_chunk(upload, message.chunk)
-        record = self._enclave.finish_upload(upload)
-        return self._enclave.gateway.respond(opened, model_info(record))
+
+        def upload(opened: OpenedRequest) -> Handled:
+            session = self._enclave.begin_upload(opened)
+            for message in request_iterator:
+                if message.WhichOneof("kind") != "chunk":
+                    raise ProtocolError("only chunks may follow the upload header")
+                self._enclave.add_chunk(session, message.chunk)
+            return self._enclave.finish_upload(session)
+
+        return self._sealed(
+            first.header, context, Method.UPLOAD_MODEL, EventType.MODEL_REGISTERED, upload
+        )
 
     @grpc_errors
     def ListModels(
         self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
     ) -> common_pb2.SealedResponse:
-        opened = self._enclave.gateway.open(request, Method.LIST_MODELS.value)
-        _parse(models_pb2.ListModelsRequest(), opened.payload)
-        records = self._enclave.list_models(opened.tenant)
-        response = models_pb2.ListModelsResponse(models=[model_info(r) for r in records])
-        return self._enclave.gateway.respond(opened, response)
+        def run(opened: OpenedRequest) -> Handled:
+            _parse(models_pb2.ListModelsRequest(), opened.payload)
+            return self._enclave.list_models(opened.tenant)
+
+        return self._sealed(request, context, Method.LIST_MODELS, EventType.MODEL_LISTED, run)
 
     @grpc_errors
     def DeleteModel(
         self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
     ) -> common_pb2.SealedResponse:
-        opened = self._enclave.gateway.open(request, Method.DELETE_MODEL.value)
-        req = _parse(models_pb2.DeleteModelRequest(), opened.payload)
-        records = self._enclave.delete_model(opened.tenant, req.model)
-        response = models_pb2.ListModelsResponse(models=[model_info(r) for r in records])
-        return self._enclave.gateway.respond(opened, response)
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(models_pb2.DeleteModelRequest(), opened.payload)
+            return self._enclave.delete_model(opened.tenant, req.model)
+
+        return self._sealed(request, context, Method.DELETE_MODEL, EventType.MODEL_DELETED, run)
 
 
-class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, enclave: Enclave) -> None:
-        self._enclave = enclave
-
+class InferenceServicer(_Servicer, inference_pb2_grpc.InferenceServiceServicer):
     @grpc_errors
     def Infer(
         self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
     ) -> common_pb2.SealedResponse:
-        opened = self._enclave.gateway.open(request, Method.INFER.value)
-        req = _parse(inference_pb2.InferRequest(), opened.payload)
-        response = self._enclave.infer(opened.tenant, req)
-        return self._enclave.gateway.respond(opened, response)
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(inference_pb2.InferRequest(), opened.payload)
+            return self._enclave.infer(opened.tenant, req)
+
+        return self._sealed(request, context, Method.INFER, EventType.INFERENCE, run)
+
+
+class AuditServicer(_Servicer, audit_pb2_grpc.AuditServiceServicer):
+    @grpc_errors
+    def GetCheckpoint(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        def run(opened: OpenedRequest) -> Handled:
+            _parse(audit_pb2.CheckpointRequest(), opened.payload)
+            return self._enclave.audit_checkpoint(opened.tenant)
+
+        return self._sealed(request, context, Method.AUDIT_CHECKPOINT, EventType.AUDIT_READ, run)
+
+    @grpc_errors
+    def GetInclusionProof(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(audit_pb2.InclusionProofRequest(), opened.payload)
+            return self._enclave.audit_inclusion(opened.tenant, req)
+
+        return self._sealed(request, context, Method.AUDIT_INCLUSION, EventType.AUDIT_READ, run)
+
+    @grpc_errors
+    def GetConsistencyProof(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(audit_pb2.ConsistencyProofRequest(), opened.payload)
+            return self._enclave.audit_consistency(opened.tenant, req)
+
+        return self._sealed(request, context, Method.AUDIT_CONSISTENCY, EventType.AUDIT_READ, run)
+
+    @grpc_errors
+    def ExportAudit(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(audit_pb2.ExportRequest(), opened.payload)
+            return self._enclave.audit_export(opened.tenant, req)
+
+        return self._sealed(request, context, Method.AUDIT_EXPORT, EventType.AUDIT_EXPORT, run)

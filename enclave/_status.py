@@ -63,6 +63,8 @@ def abort_with(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     if code is grpc.StatusCode.INTERNAL:
         # Type and incident only: messages of unexpected errors may quote request data.
         log.error("%s: %s", message, type(exc).__name__)
+        # The traceback (with the exception's text) only at DEBUG: it may quote request data.
+        log.debug("incident traceback", exc_info=exc)
     else:
         log.info("refused %s: %s", code.name, message)
     context.set_trailing_metadata(((REASON_KEY, reason),))

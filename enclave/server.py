@@ -12,10 +12,17 @@ from grpc_reflection.v1alpha import reflection
 
 from enclave._config import TlsConfig
 from enclave._enclave import Enclave
-from enclave._service import AttestationServicer, InferenceServicer, ModelServicer
+from enclave._service import (
+    AttestationServicer,
+    AuditServicer,
+    InferenceServicer,
+    ModelServicer,
+)
 from protos.veil.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     models_pb2,
@@ -28,6 +35,7 @@ SERVICE_NAMES = (
     attestation_pb2.DESCRIPTOR.services_by_name["AttestationService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -43,8 +51,10 @@ class RunningServer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float | None = 2.0) -> None:
+        """Drain (up to ``grace`` seconds), stop, then record the stop and flush the audit log."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.enclave.close()
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -83,6 +93,7 @@ def create_server(
     )
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(enclave), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(enclave), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(enclave), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from google.protobuf.message import DecodeError
 
 from protos.veil.v1 import attestation_pb2
-from sdk._errors import AttestationError, AttestationFailure, ProtocolError
+from sdk._errors import AttestationError, AttestationFailure, AuditLogError, ProtocolError
 from sdk._protocol import (
     NONCE_LEN,
     PROTOCOL_VERSION,
@@ -24,6 +24,7 @@ from sdk._protocol import (
 from sdk.attestation._policy import AttestationPolicy
 from sdk.attestation._roots import load_certificates
 from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+from sdk.audit._note import Verifier
 
 __all__ = [
     "AttestedEnclave",
@@ -134,6 +135,7 @@ class AttestedEnclave:
     claims_digest: bytes
     evidence: Evidence
     valid_until: datetime
+    nonce: bytes
 
     @property
     def measurement(self) -> str:
@@ -153,6 +155,18 @@ class AttestedEnclave:
     def is_valid_at(self, now: datetime) -> bool:
         return now < self.valid_until
 
+    @property
+    def log_verifier(self) -> Verifier | None:
+        """The audit log's verifier key, bound into this attestation (None: no audit log)."""
+        if not self.claims.audit_log_key:
+            return None
+        try:
+            return Verifier.from_public_key(self.claims.audit_log_origin, self.claims.audit_log_key)
+        except AuditLogError as exc:
+            raise AttestationError(
+                AttestationFailure.MALFORMED, f"enclave claims carry a bad audit log key: {exc}"
+            ) from exc
+
 
 def verify_enclave(
     evidence: Evidence,
@@ -161,8 +175,13 @@ def verify_enclave(
     policy: AttestationPolicy,
     now: datetime,
     challenge_issued_at: datetime | None = None,
+    require_unexpired: bool = True,
 ) -> AttestedEnclave:
-    """Verify evidence answering ``nonce``: hardware report, chain, policy, claims binding."""
+    """Verify evidence answering ``nonce``: hardware report, chain, policy, claims binding.
+
+    ``require_unexpired=False`` is for saved evidence (an audit export): the hardware report and
+    its binding must still verify, but the key epoch may have ended since.
+    """
     if len(nonce) != NONCE_LEN:
         raise ValueError(f"nonce must be {NONCE_LEN} bytes")
     if evidence.tee != "sev-snp":
@@ -190,7 +209,7 @@ def verify_enclave(
             AttestationFailure.MEASUREMENT_MISMATCH,
             "claimed measurement differs from the hardware report's",
         )
-    if now >= claims.expires_at:
+    if require_unexpired and now >= claims.expires_at:
         raise AttestationError(
             AttestationFailure.EXPIRED,
             f"enclave key epoch expired at {claims.expires_at.isoformat()}",
@@ -202,4 +221,5 @@ def verify_enclave(
         claims_digest=digest,
         evidence=evidence,
         valid_until=valid_until,
+        nonce=nonce,
     )

@@ -22,19 +22,28 @@ from tqdm import tqdm
 
 from protos.veil.v1 import (
     attestation_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     common_pb2,
     inference_pb2,
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
 )
-from sdk._attested import AttestedEnclave
+from sdk._attested import AttestedEnclave, to_ms
+from sdk._audit_client import (
+    checked_checkpoint,
+    checked_consistency,
+    checked_inclusion,
+    write_export,
+)
 from sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
 from sdk._errors import RemoteError
 from sdk._models import ModelInfo
 from sdk._protocol import Method, Suite
 from sdk._sealing import SealedCall
 from sdk.attestation._policy import AttestationPolicy
+from sdk.audit import Checkpoint, Receipt
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -95,6 +104,21 @@ class _Base:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._target!r}, tenant={self._core.tenant!r})"
 
+    @property
+    def receipts(self) -> list[Receipt]:
+        """Receipts for this client's calls, each verified on arrival (newest last)."""
+        return [receipt for receipt, _ in self._core.receipts]
+
+    @staticmethod
+    def _export_request(
+        since: datetime | None, until: datetime | None, formats: Sequence[str]
+    ) -> audit_pb2.ExportRequest:
+        return audit_pb2.ExportRequest(
+            since_ms=to_ms(since) if since else 0,
+            until_ms=to_ms(until) if until else 0,
+            formats=list(formats),
+        )
+
     def _bar(self, total: int, name: str) -> tqdm[None]:
         return tqdm(
             total=total,
@@ -125,6 +149,7 @@ class Client(_Base):
         self._attestation = attestation_pb2_grpc.AttestationServiceStub(self._channel)
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
+        self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -174,7 +199,7 @@ class Client(_Base):
                 answer = stub(sealed.request, timeout=self._timeout)
             except grpc.RpcError as exc:
                 raise remote_error(exc) from exc
-            return self._core.open(sealed, answer, type(response)())
+            return self._core.open(enclave, sealed, answer, type(response)())
 
         return self._sealed(run)
 
@@ -189,7 +214,9 @@ class Client(_Base):
                     answer = self._models.UploadModel(messages, timeout=self._timeout)
                 except grpc.RpcError as exc:
                     raise remote_error(exc) from exc
-            return ModelInfo.from_proto(self._core.open(sealed, answer, models_pb2.ModelInfo()))
+            return ModelInfo.from_proto(
+                self._core.open(enclave, sealed, answer, models_pb2.ModelInfo())
+            )
 
         return self._sealed(run)
 
@@ -227,6 +254,55 @@ class Client(_Base):
         )
         return ClientCore.infer_result(response)
 
+    # -- audit log ------------------------------------------------------------------------
+
+    def audit_checkpoint(self) -> Checkpoint:
+        """This tenant's latest checkpoint, verified under the attested log key."""
+        response = self._unary(
+            Method.AUDIT_CHECKPOINT,
+            self._audit.GetCheckpoint,
+            audit_pb2.CheckpointRequest(),
+            audit_pb2.CheckpointResponse(),
+        )
+        return checked_checkpoint(self.attest(), self._core.tenant, response)
+
+    def prove_receipt(self, receipt: Receipt) -> Checkpoint:
+        """Prove a receipt's record is in the log's current signed tree; return that tree."""
+        response = self._unary(
+            Method.AUDIT_INCLUSION,
+            self._audit.GetInclusionProof,
+            audit_pb2.InclusionProofRequest(leaf_index=receipt.leaf_index),
+            audit_pb2.InclusionProofResponse(),
+        )
+        return checked_inclusion(self.attest(), receipt, response)
+
+    def audit_consistency(self, old: Checkpoint) -> Checkpoint:
+        """Prove the log only grew since ``old``; return the newer checkpoint."""
+        response = self._unary(
+            Method.AUDIT_CONSISTENCY,
+            self._audit.GetConsistencyProof,
+            audit_pb2.ConsistencyProofRequest(first_size=old.size),
+            audit_pb2.ConsistencyProofResponse(),
+        )
+        return checked_consistency(self.attest(), old, response)
+
+    def export_audit(
+        self,
+        out_dir: str | Path,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        formats: Sequence[str] = (),
+    ) -> Path:
+        """Export this tenant's log to ``out_dir`` with the evidence that binds its key."""
+        response = self._unary(
+            Method.AUDIT_EXPORT,
+            self._audit.ExportAudit,
+            self._export_request(since, until, formats),
+            audit_pb2.ExportResponse(),
+        )
+        return write_export(Path(out_dir), self.attest(), response)
+
 
 class AsyncClient(_Base):
     """asyncio client with the same behaviour as :class:`Client`::
@@ -245,6 +321,7 @@ class AsyncClient(_Base):
         self._attestation = attestation_pb2_grpc.AttestationServiceStub(self._aio_channel)
         self._models = models_pb2_grpc.ModelServiceStub(self._aio_channel)
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._aio_channel)
+        self._audit = audit_pb2_grpc.AuditServiceStub(self._aio_channel)
 
     async def __aenter__(self) -> Self:
         return self
@@ -290,7 +367,7 @@ class AsyncClient(_Base):
                 answer = await stub(sealed.request, timeout=self._timeout)
             except grpc.RpcError as exc:
                 raise remote_error(exc) from exc
-            return self._core.open(sealed, answer, type(response)())
+            return self._core.open(enclave, sealed, answer, type(response)())
 
         return await self._sealed(run)
 
@@ -306,12 +383,12 @@ class AsyncClient(_Base):
                         yield message
 
                 try:
-                    answer = await self._models.UploadModel(
-                        stream(), timeout=self._timeout
-                    )
+                    answer = await self._models.UploadModel(stream(), timeout=self._timeout)
                 except grpc.RpcError as exc:
                     raise remote_error(exc) from exc
-            return ModelInfo.from_proto(self._core.open(sealed, answer, models_pb2.ModelInfo()))
+            return ModelInfo.from_proto(
+                self._core.open(enclave, sealed, answer, models_pb2.ModelInfo())
+            )
 
         return await self._sealed(run)
 
@@ -345,3 +422,37 @@ class AsyncClient(_Base):
             Method.INFER, self._inference.Infer, request, inference_pb2.InferResponse()
         )
         return ClientCore.infer_result(response)
+
+    async def audit_checkpoint(self) -> Checkpoint:
+        response = await self._unary(
+            Method.AUDIT_CHECKPOINT,
+            self._audit.GetCheckpoint,
+            audit_pb2.CheckpointRequest(),
+            audit_pb2.CheckpointResponse(),
+        )
+        return checked_checkpoint(await self.attest(), self._core.tenant, response)
+
+    async def prove_receipt(self, receipt: Receipt) -> Checkpoint:
+        response = await self._unary(
+            Method.AUDIT_INCLUSION,
+            self._audit.GetInclusionProof,
+            audit_pb2.InclusionProofRequest(leaf_index=receipt.leaf_index),
+            audit_pb2.InclusionProofResponse(),
+        )
+        return checked_inclusion(await self.attest(), receipt, response)
+
+    async def export_audit(
+        self,
+        out_dir: str | Path,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        formats: Sequence[str] = (),
+    ) -> Path:
+        response = await self._unary(
+            Method.AUDIT_EXPORT,
+            self._audit.ExportAudit,
+            self._export_request(since, until, formats),
+            audit_pb2.ExportResponse(),
+        )
+        return write_export(Path(out_dir), await self.attest(), response)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,16 +21,18 @@ from google.protobuf.message import DecodeError, Message
 
 from protos.veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2
 from sdk._attested import AttestedEnclave, Evidence, to_ms, verify_enclave
-from sdk._errors import ProtocolError, RemoteError
+from sdk._errors import AuditLogError, ProtocolError, RemoteError
 from sdk._models import ModelInfo
 from sdk._protocol import MODEL_KEY_LEN, NONCE_LEN, Method, Suite
 from sdk._sealing import SealedCall, encrypt_chunk, open_response, seal_request
 from sdk._tensors import from_proto, to_proto
 from sdk.attestation._policy import AttestationPolicy
+from sdk.audit._receipt import Receipt, verify_receipt
 
-__all__ = ["Challenge", "ClientCore", "TlsOptions", "remote_error"]
+__all__ = ["Challenge", "ClientCore", "TlsOptions", "remote_error", "request_digest"]
 
 REASON_KEY = "veil-reason"
+MAX_RECEIPTS = 10_000
 DEFAULT_CHUNK = 1024 * 1024
 M = TypeVar("M", bound=Message)
 
@@ -63,6 +66,11 @@ class Challenge:
         return attestation_pb2.AttestationRequest(nonce=self.nonce)
 
 
+def request_digest(request: common_pb2.SealedRequest) -> str:
+    """What a receipt names as the request: SHA-256 of the sealed bytes (enc ‖ ciphertext)."""
+    return hashlib.sha256(request.sealed).hexdigest()
+
+
 def remote_error(exc: grpc.RpcError) -> RemoteError:
     """A gRPC error as a ``RemoteError`` carrying the enclave's ``veil-reason``."""
     code = exc.code() if hasattr(exc, "code") else None
@@ -88,6 +96,9 @@ class ClientCore:
     random: Callable[[int], bytes] = os.urandom
     chunk_size: int = DEFAULT_CHUNK
     attested: AttestedEnclave | None = field(default=None, init=False)
+    receipts: deque[tuple[Receipt, str]] = field(
+        default_factory=lambda: deque(maxlen=MAX_RECEIPTS), init=False
+    )
 
     def __repr__(self) -> str:  # never show the API key
         return f"ClientCore(tenant={self.tenant!r}, suite={self.suite.name})"
@@ -135,11 +146,29 @@ class ClientCore:
             random=self.random,
         )
 
-    @staticmethod
-    def open(call: SealedCall, response: common_pb2.SealedResponse, message: M) -> M:
-        payload = open_response(call, response)
+    def open(
+        self,
+        enclave: AttestedEnclave,
+        call: SealedCall,
+        response: common_pb2.SealedResponse,
+        message: M,
+    ) -> M:
+        """Open a sealed response, verify its audit receipt on arrival, parse the payload."""
+        opened = open_response(call, response)
+        log_key = enclave.log_verifier
+        if log_key is not None:
+            if not opened.receipt:
+                raise AuditLogError("enclave answered without an audit receipt")
+            receipt = verify_receipt(
+                opened.receipt,
+                log_key,
+                tenant=self.tenant,
+                request_digest=request_digest(call.request),
+                response_digest=hashlib.sha256(opened.payload).hexdigest(),
+            )
+            self.receipts.append((receipt, opened.receipt))
         try:
-            message.ParseFromString(payload)
+            message.ParseFromString(opened.payload)
         except DecodeError as exc:
             raise ProtocolError(f"enclave sent a malformed {type(message).__name__}") from exc
         return message

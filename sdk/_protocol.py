@@ -62,6 +62,10 @@ class Method(enum.StrEnum):
     UPLOAD_MODEL = "/veil.v1.ModelService/UploadModel"
     LIST_MODELS = "/veil.v1.ModelService/ListModels"
     DELETE_MODEL = "/veil.v1.ModelService/DeleteModel"
+    AUDIT_CHECKPOINT = "/veil.v1.AuditService/GetCheckpoint"
+    AUDIT_INCLUSION = "/veil.v1.AuditService/GetInclusionProof"
+    AUDIT_CONSISTENCY = "/veil.v1.AuditService/GetConsistencyProof"
+    AUDIT_EXPORT = "/veil.v1.AuditService/ExportAudit"
 
 
 PublicKey = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey

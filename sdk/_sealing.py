@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 
 from protos.veil.v1 import common_pb2
 from sdk._attested import AttestedEnclave
@@ -30,6 +31,7 @@ from sdk._protocol import (
 )
 
 __all__ = [
+    "OpenedResponse",
     "SealedCall",
     "decrypt_chunk",
     "encrypt_chunk",
@@ -89,34 +91,46 @@ def seal_request(
     )
 
 
+@dataclass(frozen=True)
+class OpenedResponse:
+    """A response that opened: the method's payload and the audit log's receipt for the call."""
+
+    payload: bytes
+    receipt: str
+
+
 def seal_response(
     response_key: bytes,
     *,
     method: str,
     request_id: bytes,
     payload: bytes,
+    receipt: str = "",
     random: Random = os.urandom,
 ) -> common_pb2.SealedResponse:
-    """Seal a serialized response message under the client's response key (enclave side)."""
+    """Seal a serialized response message (and its receipt) under the client's response key."""
     nonce = random(GCM_NONCE_LEN)
+    body = common_pb2.ResponseBody(payload=payload, receipt=receipt).SerializeToString()
     ciphertext = AESGCM(response_key).encrypt(
-        nonce, payload, response_aad(method=method, request_id=request_id)
+        nonce, body, response_aad(method=method, request_id=request_id)
     )
     return common_pb2.SealedResponse(request_id=request_id, nonce=nonce, ciphertext=ciphertext)
 
 
-def open_response(call: SealedCall, response: common_pb2.SealedResponse) -> bytes:
+def open_response(call: SealedCall, response: common_pb2.SealedResponse) -> OpenedResponse:
     """Open the enclave's sealed response to ``call``; raise ``DecryptionError`` on any defect."""
     if response.request_id != call.request_id or len(response.nonce) != GCM_NONCE_LEN:
         raise DecryptionError("sealed response could not be opened")
     try:
-        return AESGCM(call.response_key).decrypt(
+        plaintext = AESGCM(call.response_key).decrypt(
             response.nonce,
             response.ciphertext,
             response_aad(method=call.method, request_id=call.request_id),
         )
-    except InvalidTag as exc:
+        body = common_pb2.ResponseBody.FromString(plaintext)
+    except (InvalidTag, DecodeError) as exc:
         raise DecryptionError("sealed response could not be opened") from exc
+    return OpenedResponse(payload=bytes(body.payload), receipt=body.receipt)
 
 
 def encrypt_chunk(

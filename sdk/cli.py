@@ -30,7 +30,7 @@ from sdk.attestation._policy import AttestationPolicy
 from sdk.attestation._roots import TrustRoot
 from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
 
-__all__ = ["add_client_options", "client_from_args", "main"]
+__all__ = ["add_client_options", "client_from_args", "main", "parse_time"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
@@ -159,13 +159,12 @@ def _cmd_attest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parse_at(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 time from the command line (UTC when no offset is given)."""
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise ConfigError(f"--at {value!r} is not ISO 8601") from exc
+        raise ConfigError(f"{value!r} is not an ISO 8601 time") from exc
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
@@ -188,7 +187,11 @@ def _cmd_attest_verify(args: argparse.Namespace) -> int:
     policy = replace(policy, allow_debug=args.allow_debug, require_key_binding=False)
     expected = bytes.fromhex(args.report_data) if args.report_data else None
     verified = verify_snp_report(
-        report, chain, policy, now=_parse_at(args.at), expected_report_data=expected
+        report,
+        chain,
+        policy,
+        now=parse_time(args.at) if args.at else datetime.now(UTC),
+        expected_report_data=expected,
     )
     if args.json:
         doc = _report_json(verified)

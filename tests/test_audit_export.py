@@ -292,14 +292,17 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_cli_verify(full: Path, log: AuditLog, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["audit", "verify", str(full), "--expect-key", log.vkey, "--json"]) == 0
+    assert (
+        _cli(["audit", "verify", str(full), "--no-attestation", "--expect-key", log.vkey, "--json"])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["verified"] is True and summary["entries"] == N
     _write_lines(full, _lines(full)[:-1])
-    assert _cli(["audit", "verify", str(full), "--expect-key", log.vkey]) == 1
+    assert _cli(["audit", "verify", str(full), "--no-attestation", "--expect-key", log.vkey]) == 1
     assert "export truncated" in capsys.readouterr().err
     other = Signer.generate("veil.test").vkey
-    assert _cli(["audit", "verify", str(full), "--expect-key", other]) == 1
+    assert _cli(["audit", "verify", str(full), "--no-attestation", "--expect-key", other]) == 1
     assert "swapped key" in capsys.readouterr().err
 
 

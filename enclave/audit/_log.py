@@ -204,6 +204,10 @@ class AuditLog:
         """The latest signed checkpoint note for the tenant, covering every durable record."""
         return self._publish(tenant, self._tenant(tenant))
 
+    def signed_checkpoint(self, tenant: str, size: int) -> str:
+        """A freshly signed checkpoint for an earlier tree size (for proofs against it)."""
+        return self._sign_checkpoint(tenant, size, self.root(tenant, size))
+
     def publish_checkpoints(self) -> None:
         """Sign and persist a checkpoint for every tenant whose tree grew."""
         with self._lock:

@@ -54,6 +54,7 @@ class EventType(enum.Enum):
     MODEL_UPLOADED = "model_uploaded"
     MODEL_REGISTERED = "model_registered"
     MODEL_DELETED = "model_deleted"
+    MODEL_LISTED = "model_listed"
     INFERENCE = "inference"
     TRAINING_STARTED = "training_started"
     TRAINING_CHARGED = "training_charged"

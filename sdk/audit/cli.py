@@ -1,4 +1,4 @@
-"""``veil audit verify DIR``: verify an audit export offline.
+"""``veil audit export`` and ``veil audit verify DIR``: export a tenant's log, verify it offline.
 
 Registered through the ``veil.commands`` entry-point group: ``register(subparsers)`` adds the
 ``audit`` command. Exit codes: 0 verified, 1 rejected (first failure on stderr), 2 usage.
@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sdk._errors import VeilError
@@ -25,8 +28,41 @@ def register(subparsers: Any) -> None:
     verify = commands.add_parser("verify", help="verify an audit export directory offline")
     verify.add_argument("dir", metavar="DIR", help="export directory")
     verify.add_argument("--expect-key", metavar="VKEY", help="pin the log verifier key")
+    verify.add_argument(
+        "--trust-root",
+        metavar="PEM",
+        help="verify DIR/attestation under this root instead of AMD's (e.g. simulated-root.pem)",
+    )
+    verify.add_argument(
+        "--expect-measurement",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="the enclave measurement the evidence must show (repeatable)",
+    )
+    verify.add_argument(
+        "--no-attestation",
+        action="store_true",
+        help="skip DIR/attestation (then pin the key with --expect-key)",
+    )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_verify)
+
+    from sdk.cli import add_client_options
+
+    export = commands.add_parser("export", help="export this tenant's log from an enclave")
+    add_client_options(export)
+    export.add_argument("--out", required=True, metavar="DIR", help="empty or new directory")
+    export.add_argument("--since", metavar="ISO8601", help="first record time (inclusive)")
+    export.add_argument("--until", metavar="ISO8601", help="last record time (exclusive)")
+    export.add_argument(
+        "--format",
+        action="append",
+        choices=["jsonl", "ocsf", "csv"],
+        default=[],
+        help="derived views besides entries.jsonl (repeatable)",
+    )
+    export.set_defaults(func=_export)
 
 
 def _usage(parser: argparse.ArgumentParser) -> Any:
@@ -37,9 +73,43 @@ def _usage(parser: argparse.ArgumentParser) -> Any:
     return handler
 
 
+def _export(args: argparse.Namespace) -> int:
+    from sdk.cli import client_from_args, parse_time
+
+    with client_from_args(args) as client:
+        out = client.export_audit(
+            args.out,
+            since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until) if args.until else None,
+            formats=[f for f in args.format if f != "jsonl"],
+        )
+    print(f"exported to {out}")
+    return 0
+
+
+def _attestation_check(args: argparse.Namespace) -> Callable[[Path], str] | None:
+    if args.no_attestation:
+        return None
+    from sdk._audit_client import attestation_check
+    from sdk.attestation._policy import AttestationPolicy
+
+    if args.trust_root:
+        policy = AttestationPolicy.simulated_for_tests(
+            Path(args.trust_root), measurements=args.expect_measurement
+        )
+    else:
+        policy = AttestationPolicy.production(
+            measurements=args.expect_measurement,
+            allow_any_measurement=not args.expect_measurement,
+        )
+    return attestation_check(policy, now=lambda: datetime.now(UTC))
+
+
 def _verify(args: argparse.Namespace) -> int:
     try:
-        result = verify_export(args.dir, expect_vkey=args.expect_key)
+        result = verify_export(
+            args.dir, expect_vkey=args.expect_key, attestation_check=_attestation_check(args)
+        )
     except VeilError as exc:
         if args.json:
             print(json.dumps({"verified": False, "error": str(exc)}))

@@ -54,6 +54,14 @@ class SealedResponse(_message.Message):
     ciphertext: bytes
     def __init__(self, request_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
+class ResponseBody(_message.Message):
+    __slots__ = ("payload", "receipt")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    receipt: str
+    def __init__(self, payload: _Optional[bytes] = ..., receipt: _Optional[str] = ...) -> None: ...
+
 class RequestBody(_message.Message):
     __slots__ = ("response_key", "api_key", "payload")
     RESPONSE_KEY_FIELD_NUMBER: _ClassVar[int]
