@@ -152,9 +152,20 @@ class ClientCore:
         call: SealedCall,
         response: common_pb2.SealedResponse,
         message: M,
+        *,
+        seq: int = 0,
+        stream: bool = False,
     ) -> M:
-        """Open a sealed response, verify its audit receipt on arrival, parse the payload."""
-        opened = open_response(call, response)
+        """Open a sealed response, verify its audit receipt on arrival, parse the payload.
+
+        Unary responses are message 0 and final. In a stream (``stream=True``) message ``seq``
+        is opened; only the final one carries a receipt, covering the final payload.
+        """
+        opened = open_response(call, response, seq=seq)
+        if not stream and not opened.final:
+            raise ProtocolError("a unary response must be final")
+        if stream and not opened.final:
+            return self._parse(opened.payload, message)
         log_key = enclave.log_verifier
         if log_key is not None:
             if not opened.receipt:
@@ -167,8 +178,12 @@ class ClientCore:
                 response_digest=hashlib.sha256(opened.payload).hexdigest(),
             )
             self.receipts.append((receipt, opened.receipt))
+        return self._parse(opened.payload, message)
+
+    @staticmethod
+    def _parse(payload: bytes, message: M) -> M:
         try:
-            message.ParseFromString(opened.payload)
+            message.ParseFromString(payload)
         except DecodeError as exc:
             raise ProtocolError(f"enclave sent a malformed {type(message).__name__}") from exc
         return message

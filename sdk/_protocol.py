@@ -93,9 +93,18 @@ def request_info(
     )
 
 
-def response_aad(*, method: str, request_id: bytes) -> bytes:
-    """AES-GCM AAD of a sealed response: binds it to its request."""
-    return _lp(LABEL_RESPONSE) + _lp(method.encode()) + _lp(request_id)
+def response_aad(*, method: str, request_id: bytes, seq: int = 0, final: bool = True) -> bytes:
+    """AES-GCM AAD of a sealed response: binds it to its request and its place in the stream.
+
+    A unary response is message 0 and final; a streamed one carries its sequence number and
+    whether it is the last, so messages can be neither reordered, dropped nor cut off unseen.
+    """
+    return (
+        _lp(LABEL_RESPONSE)
+        + _lp(method.encode())
+        + _lp(request_id)
+        + struct.pack(">QB", seq, 1 if final else 0)
+    )
 
 
 def chunk_nonce(seq: int) -> bytes:

@@ -97,6 +97,7 @@ class OpenedResponse:
 
     payload: bytes
     receipt: str
+    final: bool = True
 
 
 def seal_response(
@@ -106,31 +107,46 @@ def seal_response(
     request_id: bytes,
     payload: bytes,
     receipt: str = "",
+    seq: int = 0,
+    final: bool = True,
     random: Random = os.urandom,
 ) -> common_pb2.SealedResponse:
-    """Seal a serialized response message (and its receipt) under the client's response key."""
+    """Seal a serialized response message (and its receipt) under the client's response key.
+
+    Streams seal message ``seq`` (0, 1, …) with ``final`` set on the last one only.
+    """
     nonce = random(GCM_NONCE_LEN)
     body = common_pb2.ResponseBody(payload=payload, receipt=receipt).SerializeToString()
-    ciphertext = AESGCM(response_key).encrypt(
-        nonce, body, response_aad(method=method, request_id=request_id)
+    aad = response_aad(method=method, request_id=request_id, seq=seq, final=final)
+    ciphertext = AESGCM(response_key).encrypt(nonce, body, aad)
+    return common_pb2.SealedResponse(
+        request_id=request_id, nonce=nonce, ciphertext=ciphertext, seq=seq, final=final
     )
-    return common_pb2.SealedResponse(request_id=request_id, nonce=nonce, ciphertext=ciphertext)
 
 
-def open_response(call: SealedCall, response: common_pb2.SealedResponse) -> OpenedResponse:
-    """Open the enclave's sealed response to ``call``; raise ``DecryptionError`` on any defect."""
-    if response.request_id != call.request_id or len(response.nonce) != GCM_NONCE_LEN:
+def open_response(
+    call: SealedCall, response: common_pb2.SealedResponse, *, seq: int = 0
+) -> OpenedResponse:
+    """Open the enclave's sealed response to ``call``; raise ``DecryptionError`` on any defect.
+
+    ``seq`` is the position the client expects (0 for unary calls); whether the message is the
+    final one is authenticated and reported in ``OpenedResponse.final``.
+    """
+    if (
+        response.request_id != call.request_id
+        or len(response.nonce) != GCM_NONCE_LEN
+        or response.seq != seq
+    ):
         raise DecryptionError("sealed response could not be opened")
     try:
-        plaintext = AESGCM(call.response_key).decrypt(
-            response.nonce,
-            response.ciphertext,
-            response_aad(method=call.method, request_id=call.request_id),
+        aad = response_aad(
+            method=call.method, request_id=call.request_id, seq=seq, final=response.final
         )
+        plaintext = AESGCM(call.response_key).decrypt(response.nonce, response.ciphertext, aad)
         body = common_pb2.ResponseBody.FromString(plaintext)
     except (InvalidTag, DecodeError) as exc:
         raise DecryptionError("sealed response could not be opened") from exc
-    return OpenedResponse(payload=bytes(body.payload), receipt=body.receipt)
+    return OpenedResponse(payload=bytes(body.payload), receipt=body.receipt, final=response.final)
 
 
 def encrypt_chunk(

@@ -45,14 +45,18 @@ class SealedRequest(_message.Message):
     def __init__(self, version: _Optional[int] = ..., suite: _Optional[int] = ..., tenant: _Optional[str] = ..., request_id: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., claims_digest: _Optional[bytes] = ..., sealed: _Optional[bytes] = ...) -> None: ...
 
 class SealedResponse(_message.Message):
-    __slots__ = ("request_id", "nonce", "ciphertext")
+    __slots__ = ("request_id", "nonce", "ciphertext", "seq", "final")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     request_id: bytes
     nonce: bytes
     ciphertext: bytes
-    def __init__(self, request_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    seq: int
+    final: bool
+    def __init__(self, request_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ..., seq: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class ResponseBody(_message.Message):
     __slots__ = ("payload", "receipt")
