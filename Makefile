@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # A pinned CPU build of torch: an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: setup test demo bench bench-watermark protos lint typecheck check clean
+.PHONY: setup test demo bench bench-privacy bench-watermark protos lint typecheck check clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_inference.py
+	$(PY) bench/bench_audit.py
+	$(PY) -W ignore bench/bench_privacy.py --modes
+
+bench-privacy: $(STAMP)
+	$(PY) -W ignore bench/bench_privacy.py --modes --accuracy
 
 bench-watermark: $(STAMP)
 	$(PY) bench/bench_watermark.py

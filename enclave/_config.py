@@ -63,6 +63,9 @@ class ServerConfig:
     key_epoch_seconds: int = 24 * 3600
     providers: tuple[str, ...] = _PROVIDERS
     allowed_domains: tuple[str, ...] = ("", "ai.onnx", "ai.onnx.ml")
+    max_dataset_bytes: int = 256 * 1024 * 1024
+    budget_epsilon: float = 10.0
+    budget_delta: float = 1e-5
     tls: TlsConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -77,6 +80,8 @@ class ServerConfig:
             f"providers={','.join(self.providers)}",
             f"allowed_domains={','.join(self.allowed_domains)}",
             f"tls={self._tls_mode()}",
+            f"max_dataset_bytes={self.max_dataset_bytes}",
+            f"budget={self.budget_epsilon!r},{self.budget_delta!r}",
         ]
         for name in sorted(self.tenants):
             lines.append(f"tenant={name}:{self.tenants[name].api_key_sha256.hex()}")
@@ -128,6 +133,18 @@ class ServerConfig:
                 raise ConfigError(f"{source}: server.{key} must be a positive integer")
             return value
 
+        privacy = doc.get("privacy", {})
+        if not isinstance(privacy, dict):
+            raise ConfigError(f"{source}: [privacy] must be a table")
+        epsilon = privacy.get("budget_epsilon", cls.budget_epsilon)
+        delta = privacy.get("budget_delta", cls.budget_delta)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon > 0:
+            raise ConfigError(f"{source}: privacy.budget_epsilon must be a positive number")
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 < delta < 1:
+            raise ConfigError(f"{source}: privacy.budget_delta must be in (0, 1)")
+        max_dataset = privacy.get("max_dataset_bytes", cls.max_dataset_bytes)
+        if isinstance(max_dataset, bool) or not isinstance(max_dataset, int) or max_dataset <= 0:
+            raise ConfigError(f"{source}: privacy.max_dataset_bytes must be a positive integer")
         providers = tuple(server.get("providers", _PROVIDERS))
         unknown = [p for p in providers if p not in _PROVIDERS]
         if unknown or not providers:
@@ -157,8 +174,13 @@ class ServerConfig:
             key_epoch_seconds=pos_int("key_epoch_seconds", cls.key_epoch_seconds),
             providers=providers,
             allowed_domains=tuple(server.get("allowed_domains", cls.allowed_domains)),
+            max_dataset_bytes=max_dataset,
+            budget_epsilon=float(epsilon),
+            budget_delta=float(delta),
             tls=tls,
-            extra={k: v for k, v in doc.items() if k not in {"tenants", "server", "tls"}},
+            extra={
+                k: v for k, v in doc.items() if k not in {"tenants", "server", "tls", "privacy"}
+            },
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -23,10 +24,11 @@ from enclave._measurement import measure
 from enclave._onnx import InferenceEngine, validate_onnx
 from enclave._replay import ReplayGuard
 from enclave._store import ModelRecord, ModelStore, parse_ref
+from enclave._training import TrainingDesk
 from enclave.audit import AuditLog, ExportFormat, Signer
 from enclave.tee._base import TeeProvider
 from enclave.tee._simulated import SimulatedSnp
-from protos.veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2
+from protos.veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 from sdk._attested import Evidence, from_ms
 from sdk._errors import ProtocolError
 from sdk._protocol import MODEL_KEY_LEN, NONCE_LEN, report_data_for
@@ -39,6 +41,7 @@ __all__ = ["Enclave", "UploadSession"]
 log = logging.getLogger("veil.enclave")
 GCM_TAG = 16
 AUDIT_LOG_NAME = "veil-enclave"
+DATASET_FORMATS = ("npz", "csv", "parquet")
 
 
 def _utcnow() -> datetime:
@@ -76,14 +79,14 @@ class Handled:
 
 @dataclass
 class UploadSession:
-    """An upload in progress: header opened, chunks arriving in order."""
+    """An upload (model or dataset) in progress: header opened, chunks arriving in order."""
 
     opened: OpenedRequest
-    name: str
-    model_key: bytes
+    header: Message
+    key: bytes
     size: int
     sha256: bytes
-    buffer: bytearray
+    buffer: bytearray = field(default_factory=bytearray)
     next_seq: int = 0
     done: bool = False
 
@@ -189,9 +192,15 @@ class Enclave:
             raise
 
     def respond(
-        self, opened: OpenedRequest, handled: Handled, *, event: EventType, origin: str
+        self,
+        opened: OpenedRequest,
+        handled: Handled,
+        *,
+        event: EventType,
+        origin: str,
+        seq: int = 0,
     ) -> common_pb2.SealedResponse:
-        """Record the call durably, then seal the answer with the log's receipt for it."""
+        """Record the call durably, then seal the (final) answer with the log's receipt."""
         payload = handled.message.SerializeToString()
         details = {
             **handled.details,
@@ -214,7 +223,13 @@ class Enclave:
             response_digest=hashlib.sha256(payload).hexdigest(),
             model_digest=handled.model_digest,
         )
-        return self.gateway.respond(opened, payload, appended.receipt)
+        return self.gateway.respond(opened, payload, appended.receipt, seq=seq)
+
+    def progress(
+        self, opened: OpenedRequest, message: Message, *, seq: int
+    ) -> common_pb2.SealedResponse:
+        """A non-final message of a sealed stream (no record: the final one is recorded)."""
+        return self.gateway.respond(opened, message.SerializeToString(), "", seq=seq, final=False)
 
     def record_failure(
         self, opened: OpenedRequest, event: EventType, origin: str, exc: BaseException
@@ -272,6 +287,27 @@ class Enclave:
 
     # -- models ---------------------------------------------------------------------------
 
+    def _begin(
+        self,
+        opened: OpenedRequest,
+        header: Message,
+        *,
+        key: bytes,
+        size: int,
+        sha256: bytes,
+        limit: int,
+        what: str,
+    ) -> UploadSession:
+        if len(key) != MODEL_KEY_LEN:
+            raise ProtocolError(f"{what} key must be {MODEL_KEY_LEN} bytes")
+        if size == 0:
+            raise InvalidInput(f"{what} is empty")
+        if size > limit:
+            raise TooLarge(f"{what} is {size} bytes, limit is {limit}")
+        if len(sha256) != 32:
+            raise ProtocolError("upload header sha256 must be 32 bytes")
+        return UploadSession(opened=opened, header=header, key=key, size=size, sha256=sha256)
+
     def begin_upload(self, opened: OpenedRequest) -> UploadSession:
         header = models_pb2.UploadHeader()
         try:
@@ -281,21 +317,14 @@ class Enclave:
         parse_ref(header.name)
         if "@" in header.name:
             raise InvalidInput("upload names a model, not a version: the enclave assigns versions")
-        if len(header.model_key) != MODEL_KEY_LEN:
-            raise ProtocolError(f"model key must be {MODEL_KEY_LEN} bytes")
-        if header.size == 0:
-            raise InvalidInput("model is empty")
-        if header.size > self.config.max_model_bytes:
-            raise TooLarge(f"model is {header.size} bytes, limit is {self.config.max_model_bytes}")
-        if len(header.sha256) != 32:
-            raise ProtocolError("upload header sha256 must be 32 bytes")
-        return UploadSession(
-            opened=opened,
-            name=header.name,
-            model_key=bytes(header.model_key),
+        return self._begin(
+            opened,
+            header,
+            key=bytes(header.model_key),
             size=header.size,
             sha256=bytes(header.sha256),
-            buffer=bytearray(),
+            limit=self.config.max_model_bytes,
+            what="model",
         )
 
     def add_chunk(self, upload: UploadSession, chunk: models_pb2.ModelChunk) -> None:
@@ -306,7 +335,7 @@ class Enclave:
         if len(chunk.ciphertext) > self.config.max_chunk_bytes + GCM_TAG:
             raise TooLarge(f"chunk exceeds the {self.config.max_chunk_bytes}-byte limit")
         data = decrypt_chunk(
-            upload.model_key,
+            upload.key,
             request_id=upload.opened.request_id,
             seq=chunk.seq,
             final=chunk.final,
@@ -318,7 +347,8 @@ class Enclave:
         upload.next_seq += 1
         upload.done = chunk.final
 
-    def finish_upload(self, upload: UploadSession) -> Handled:
+    @staticmethod
+    def _complete(upload: UploadSession) -> bytes:
         if not upload.done:
             raise InvalidInput(
                 f"upload truncated: stream ended after {upload.next_seq} chunk(s) "
@@ -330,12 +360,47 @@ class Enclave:
             raise InvalidInput(f"upload is {len(data)} bytes, header says {upload.size}")
         if hashlib.sha256(data).digest() != upload.sha256:
             raise InvalidInput("upload does not match the SHA-256 in its header")
+        return data
+
+    @functools.cached_property
+    def training(self) -> TrainingDesk:
+        """Datasets, budgets and DP training (loaded on first use: it imports torch)."""
+        return TrainingDesk(self)
+
+    def begin_dataset_upload(self, opened: OpenedRequest) -> UploadSession:
+        header = training_pb2.DatasetHeader()
+        try:
+            header.ParseFromString(opened.payload)
+        except DecodeError as exc:
+            raise ProtocolError("dataset header is malformed") from exc
+        if header.format not in DATASET_FORMATS:
+            raise InvalidInput(
+                f"dataset format {header.format!r} is not one of {', '.join(DATASET_FORMATS)}"
+            )
+        return self._begin(
+            opened,
+            header,
+            key=bytes(header.data_key),
+            size=header.size,
+            sha256=bytes(header.sha256),
+            limit=self.config.max_dataset_bytes,
+            what="dataset",
+        )
+
+    def finish_dataset_upload(self, upload: UploadSession) -> Handled:
+        data = self._complete(upload)
+        assert isinstance(upload.header, training_pb2.DatasetHeader)
+        return self.training.finish_dataset_upload(upload.opened.tenant, upload.header, data)
+
+    def finish_upload(self, upload: UploadSession) -> Handled:
+        data = self._complete(upload)
         validated = validate_onnx(
             data,
             max_bytes=self.config.max_model_bytes,
             allowed_domains=self.config.allowed_domains,
         )
-        record = self.store.register(upload.opened.tenant, upload.name, data, validated)
+        assert isinstance(upload.header, models_pb2.UploadHeader)
+        record = self.store.register(upload.opened.tenant, upload.header.name, data, validated)
         log.info("model registered: tenant=%s ref=%s", record.tenant, record.ref)
         return Handled(
             model_info(record),

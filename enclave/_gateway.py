@@ -108,7 +108,13 @@ class Gateway:
         )
 
     def respond(
-        self, opened: OpenedRequest, payload: bytes, receipt: str
+        self,
+        opened: OpenedRequest,
+        payload: bytes,
+        receipt: str,
+        *,
+        seq: int = 0,
+        final: bool = True,
     ) -> common_pb2.SealedResponse:
         return seal_response(
             opened.response_key,
@@ -116,5 +122,7 @@ class Gateway:
             request_id=opened.request_id,
             payload=payload,
             receipt=receipt,
+            seq=seq,
+            final=final,
             random=self._random,
         )

@@ -6,6 +6,8 @@ run, record the outcome durably in the audit log, answer with the log's receipt.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -14,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from enclave._enclave import Enclave, Handled
 from enclave._gateway import OpenedRequest
-from enclave._status import grpc_errors
+from enclave._status import grpc_errors, grpc_stream_errors
 from protos.veil.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -25,12 +27,20 @@ from protos.veil.v1 import (
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
 )
 from sdk._errors import ProtocolError
 from sdk._protocol import Method
 from sdk.audit import EventType
 
-__all__ = ["AttestationServicer", "AuditServicer", "InferenceServicer", "ModelServicer"]
+__all__ = [
+    "AttestationServicer",
+    "AuditServicer",
+    "InferenceServicer",
+    "ModelServicer",
+    "TrainingServicer",
+]
 
 M = TypeVar("M", bound=Message)
 
@@ -167,3 +177,72 @@ class AuditServicer(_Servicer, audit_pb2_grpc.AuditServiceServicer):
             return self._enclave.audit_export(opened.tenant, req)
 
         return self._sealed(request, context, Method.AUDIT_EXPORT, EventType.AUDIT_EXPORT, run)
+
+
+class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
+    @grpc_errors
+    def UploadDataset(
+        self, request_iterator: Iterator[models_pb2.UploadMessage], context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise ProtocolError("upload must start with a sealed header")
+
+        def upload(opened: OpenedRequest) -> Handled:
+            session = self._enclave.begin_dataset_upload(opened)
+            for message in request_iterator:
+                if message.WhichOneof("kind") != "chunk":
+                    raise ProtocolError("only chunks may follow the upload header")
+                self._enclave.add_chunk(session, message.chunk)
+            return self._enclave.finish_dataset_upload(session)
+
+        return self._sealed(
+            first.header, context, Method.UPLOAD_DATASET, EventType.DATASET_UPLOADED, upload
+        )
+
+    @grpc_errors
+    def GetBudget(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(training_pb2.BudgetRequest(), opened.payload)
+            return self._enclave.training.budget(opened.tenant, req)
+
+        return self._sealed(request, context, Method.GET_BUDGET, EventType.BUDGET_READ, run)
+
+    @grpc_stream_errors
+    def Train(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.SealedResponse]:
+        """Stream sealed progress while the job runs on a worker thread, then the result."""
+        origin = context.peer()
+        opened = self._enclave.open_request(request, Method.TRAIN.value, origin)
+        req = _parse(training_pb2.TrainRequest(), opened.payload)
+        events: queue.Queue[training_pb2.TrainProgress | Handled | BaseException] = queue.Queue()
+
+        def emit(progress: training_pb2.TrainProgress) -> None:
+            if not context.is_active():
+                raise ProtocolError("client went away")  # aborts the job; unused steps refunded
+            events.put(progress)
+
+        def work() -> None:
+            try:
+                events.put(
+                    self._enclave.training.train(opened.tenant, opened.key_id, origin, req, emit)
+                )
+            except BaseException as exc:  # handed to the streaming thread, which maps it
+                events.put(exc)
+
+        threading.Thread(target=work, name="veil-train", daemon=True).start()
+        seq = 0
+        while True:
+            item = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, Handled):
+                yield self._enclave.respond(
+                    opened, item, event=EventType.TRAINING_FINISHED, origin=origin, seq=seq
+                )
+                return
+            yield self._enclave.progress(opened, training_pb2.TrainEvent(progress=item), seq=seq)
+            seq += 1

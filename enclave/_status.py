@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -26,7 +26,7 @@ from sdk._errors import (
     WatermarkError,
 )
 
-__all__ = ["REASON_KEY", "abort_with", "grpc_errors", "status_for"]
+__all__ = ["REASON_KEY", "abort_with", "grpc_errors", "grpc_stream_errors", "status_for"]
 
 REASON_KEY = "veil-reason"
 log = logging.getLogger("veil.enclave")
@@ -83,6 +83,22 @@ def grpc_errors(method: F) -> F:
         try:
             return method(self, request, context)
         except Exception as exc:  # VeilErrors map precisely; anything else is INTERNAL
+            abort_with(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+G = TypeVar("G", bound=Callable[..., Iterator[Any]])
+
+
+def grpc_stream_errors(method: G) -> G:
+    """Like :func:`grpc_errors` for a server-streaming method (errors raised while iterating)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:
             abort_with(context, exc)
 
     return wrapper  # type: ignore[return-value]

@@ -18,9 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from enclave._at_rest import open_blob, seal_blob
 from enclave._errors import InvalidInput, NotFound
 from enclave._files import fsync_dir, write_atomic
 from enclave._onnx import TensorSpec, ValidatedModel
@@ -131,10 +129,7 @@ class ModelStore:
                 inputs=validated.inputs,
                 outputs=validated.outputs,
             )
-            nonce = os.urandom(12)
-            blob = nonce + AESGCM(self._storage_key(tenant)).encrypt(
-                nonce, data, self._aad(tenant, name, version)
-            )
+            blob = seal_blob(self._storage_key(tenant), data, self._aad(tenant, name, version))
             write_atomic(folder / f"v{version}.onnx.enc", blob)
             write_atomic(folder / f"v{version}.json", record.to_json())
             return record
@@ -162,12 +157,12 @@ class ModelStore:
     def load(self, record: ModelRecord) -> bytes:
         """Decrypt a stored model (in memory only) and check its digest."""
         blob = (self._dir(record.tenant, record.name) / f"v{record.version}.onnx.enc").read_bytes()
-        try:
-            data = AESGCM(self._storage_key(record.tenant)).decrypt(
-                blob[:12], blob[12:], self._aad(record.tenant, record.name, record.version)
-            )
-        except InvalidTag as exc:
-            raise DecryptionError(f"stored model {record.ref} failed its integrity check") from exc
+        data = open_blob(
+            self._storage_key(record.tenant),
+            blob,
+            self._aad(record.tenant, record.name, record.version),
+            what=f"model {record.ref}",
+        )
         if hashlib.sha256(data).hexdigest() != record.sha256:
             raise DecryptionError(f"stored model {record.ref} does not match its digest")
         return data

@@ -20,9 +20,15 @@ def register_serve(sub: Any) -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument(
         "--tee",
-        choices=["auto", "simulated"],
+        choices=["auto", "sev-snp", "tdx", "simulated"],
         default="auto",
-        help="evidence source (auto: real hardware when configured, else simulated)",
+        help="evidence source (auto: SEV-SNP/TDX hardware when present, else simulated)",
+    )
+    parser.add_argument(
+        "--sealing-key-file",
+        type=Path,
+        help="32-byte key (mode 0600) for data at rest on hardware without key derivation "
+        "(TDX; SEV-SNP without /dev/sev-guest)",
     )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=_serve)
@@ -39,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     from enclave._enclave import Enclave
     from enclave._files import write_atomic
     from enclave.server import create_server
+    from enclave.tee._select import select_provider
     from enclave.tee._simulated import SimulatedSnp
 
     logging.basicConfig(
@@ -48,14 +55,22 @@ def _serve(args: argparse.Namespace) -> int:
     config, created_key = ensure_config(data_dir)
     if created_key is not None:
         print(f"created tenant 'default'; its API key is in {created_key} (mode 0600)", flush=True)
-    tee = SimulatedSnp.load_or_create(data_dir)
-    write_atomic(data_dir / "simulated-root.pem", tee.root_pem, mode=0o644)
-    print(
-        "WARNING: simulated TEE: evidence proves nothing about hardware; clients must pin "
-        f"{data_dir / 'simulated-root.pem'} to trust it",
-        file=sys.stderr,
-        flush=True,
-    )
+    selection = select_provider(args.tee, data_dir, sealing_key_file=args.sealing_key_file)
+    tee = selection.provider
+    if isinstance(tee, SimulatedSnp):
+        write_atomic(data_dir / "simulated-root.pem", tee.root_pem, mode=0o644)
+        print(
+            f"WARNING: simulated TEE ({selection.reason}): evidence proves nothing about "
+            f"hardware; clients must pin {data_dir / 'simulated-root.pem'} to trust it",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print(
+            f"TEE: {selection.reason}; sealing keys from {selection.sealing}",
+            file=sys.stderr,
+            flush=True,
+        )
     enclave = Enclave(config, tee)
     running = create_server(enclave, host=args.host, port=args.port)
     stop = threading.Event()

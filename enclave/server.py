@@ -17,6 +17,7 @@ from enclave._service import (
     AuditServicer,
     InferenceServicer,
     ModelServicer,
+    TrainingServicer,
 )
 from protos.veil.v1 import (
     attestation_pb2,
@@ -27,6 +28,8 @@ from protos.veil.v1 import (
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
 )
 
 __all__ = ["RunningServer", "create_server", "server_credentials"]
@@ -36,6 +39,7 @@ SERVICE_NAMES = (
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
 )
 
 
@@ -94,6 +98,7 @@ def create_server(
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(enclave), server)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(enclave), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(enclave), server)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(enclave), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

@@ -74,8 +74,9 @@ def compute_epsilon(
     _check(noise_multiplier, sample_rate, steps, delta)
     if steps == 0:
         return 0.0
-    return _epsilon_cached(float(noise_multiplier), float(sample_rate), int(steps), float(delta),
-                           kind, precise)
+    return _epsilon_cached(
+        float(noise_multiplier), float(sample_rate), int(steps), float(delta), kind, precise
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -139,7 +140,15 @@ def find_noise_multiplier(
             low = mid
         else:
             high = mid
-    while compute_epsilon(noise_multiplier=high, sample_rate=sample_rate, steps=steps,
-                          delta=delta, accountant=kind) > target_epsilon:
+    while (
+        compute_epsilon(
+            noise_multiplier=high,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=delta,
+            accountant=kind,
+        )
+        > target_epsilon
+    ):
         high *= 1 + tolerance
     return high

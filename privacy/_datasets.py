@@ -237,8 +237,11 @@ def _read_parquet(data: bytes, label_column: str | None) -> _Arrays:
         raise ConfigError(f"parquet dataset has {len(names)} column(s); need features and a label")
     cols: list[npt.NDArray[np.float64]] = []
     for name, column in zip(names, table.columns, strict=True):
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-                or pa.types.is_boolean(column.type)):
+        if not (
+            pa.types.is_integer(column.type)
+            or pa.types.is_floating(column.type)
+            or pa.types.is_boolean(column.type)
+        ):
             raise ConfigError(f"parquet column {name!r} has type {column.type}; expected numeric")
         if column.null_count:
             raise ConfigError(f"parquet column {name!r} holds {column.null_count} null value(s)")

@@ -39,8 +39,15 @@ def train_with_budget(
     plan = plan_training(dataset.num_rows, config)
     charge = ledger.charge(tenant, dataset.sha256, plan, job_id=job_id)
     try:
-        result = train(dataset, spec, config, plan=plan, noise=noise, progress=progress,
-                       progress_every=progress_every)
+        result = train(
+            dataset,
+            spec,
+            config,
+            plan=plan,
+            noise=noise,
+            progress=progress,
+            progress_every=progress_every,
+        )
     except TrainingAborted as exc:
         ledger.settle(charge.id, steps_started=exc.steps_started)
         raise

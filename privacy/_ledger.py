@@ -109,8 +109,13 @@ class BudgetLedger:
     Safe to share between threads and processes: each operation opens its own connection.
     """
 
-    def __init__(self, path: str | Path, *, default_budget: BudgetConfig | None = None,
-                 busy_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        default_budget: BudgetConfig | None = None,
+        busy_timeout_s: float = 60.0,
+    ) -> None:
         self._path = str(path)
         self._default = default_budget or BudgetConfig()
         self._timeout = busy_timeout_s
@@ -146,10 +151,12 @@ class BudgetLedger:
             conn.execute("COMMIT")
 
     @staticmethod
-    def _status(conn: sqlite3.Connection, tenant: str, dataset: str,
-                default: BudgetConfig | None) -> BudgetStatus:
-        row = conn.execute("SELECT epsilon, delta FROM budgets WHERE tenant=? AND dataset=?",
-                           (tenant, dataset)).fetchone()
+    def _status(
+        conn: sqlite3.Connection, tenant: str, dataset: str, default: BudgetConfig | None
+    ) -> BudgetStatus:
+        row = conn.execute(
+            "SELECT epsilon, delta FROM budgets WHERE tenant=? AND dataset=?", (tenant, dataset)
+        ).fetchone()
         if row is None:
             if default is None:
                 raise ConfigError("dataset has no budget row")
@@ -160,10 +167,12 @@ class BudgetLedger:
         return BudgetStatus(budget_eps, budget_delta, math.fsum(eps), math.fsum(deltas))
 
     @staticmethod
-    def _spent(conn: sqlite3.Connection, tenant: str,
-               dataset: str) -> tuple[list[float], list[float]]:
-        rows = conn.execute("SELECT epsilon, delta FROM charges WHERE tenant=? AND dataset=?",
-                            (tenant, dataset)).fetchall()
+    def _spent(
+        conn: sqlite3.Connection, tenant: str, dataset: str
+    ) -> tuple[list[float], list[float]]:
+        rows = conn.execute(
+            "SELECT epsilon, delta FROM charges WHERE tenant=? AND dataset=?", (tenant, dataset)
+        ).fetchall()
         return [float(r[0]) for r in rows], [float(r[1]) for r in rows]
 
     def status(self, tenant: str, dataset_sha256: str) -> BudgetStatus:
@@ -171,8 +180,9 @@ class BudgetLedger:
         with self._connect() as conn:
             return self._status(conn, tenant, dataset_sha256, self._default)
 
-    def charge(self, tenant: str, dataset_sha256: str, plan: TrainingPlan, *,
-               job_id: str) -> Charge:
+    def charge(
+        self, tenant: str, dataset_sha256: str, plan: TrainingPlan, *, job_id: str
+    ) -> Charge:
         """Reserve ``plan.epsilon`` and ``plan.delta`` before the job starts, or raise
         ``PrivacyBudgetExceeded`` (with ``remaining_epsilon``) if either sum would pass the
         dataset's budget. A dataset's budget is fixed from ``default_budget`` at its first charge.
@@ -209,12 +219,23 @@ class BudgetLedger:
                 "INSERT INTO charges (id, tenant, dataset, job_id, epsilon, delta, "
                 "planned_epsilon, noise_multiplier, sample_rate, steps, accountant, state) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')",
-                (charge_id, tenant, dataset_sha256, job_id, plan.epsilon, plan.delta,
-                 plan.epsilon, plan.noise_multiplier, plan.sample_rate, plan.steps,
-                 plan.accountant.value),
+                (
+                    charge_id,
+                    tenant,
+                    dataset_sha256,
+                    job_id,
+                    plan.epsilon,
+                    plan.delta,
+                    plan.epsilon,
+                    plan.noise_multiplier,
+                    plan.sample_rate,
+                    plan.steps,
+                    plan.accountant.value,
+                ),
             )
-        return Charge(charge_id, tenant, dataset_sha256, job_id, plan.epsilon, plan.delta,
-                      settled=False)
+        return Charge(
+            charge_id, tenant, dataset_sha256, job_id, plan.epsilon, plan.delta, settled=False
+        )
 
     def settle(self, charge_id: str, *, steps_started: int) -> Charge:
         """Close a charge once its job has ended, after ``steps_started`` steps touched data.
@@ -226,19 +247,26 @@ class BudgetLedger:
         with self._connect() as conn:
             row = conn.execute(
                 "SELECT noise_multiplier, sample_rate, steps, accountant, delta, state "
-                "FROM charges WHERE id=?", (charge_id,)).fetchone()
+                "FROM charges WHERE id=?",
+                (charge_id,),
+            ).fetchone()
         if row is None:
             raise ConfigError(f"no budget charge {charge_id}")
         sigma, q, steps, accountant, delta, _ = row
         if not 0 <= steps_started <= int(steps):
             raise ConfigError(f"steps_started {steps_started} outside 0..{steps}")
-        used = compute_epsilon(noise_multiplier=float(sigma), sample_rate=float(q),
-                               steps=steps_started, delta=float(delta),
-                               accountant=AccountantKind(accountant))
+        used = compute_epsilon(
+            noise_multiplier=float(sigma),
+            sample_rate=float(q),
+            steps=steps_started,
+            delta=float(delta),
+            accountant=AccountantKind(accountant),
+        )
         with self._write() as conn:
             cur = conn.execute(
                 "SELECT tenant, dataset, job_id, epsilon, delta, state FROM charges WHERE id=?",
-                (charge_id,)).fetchone()
+                (charge_id,),
+            ).fetchone()
             tenant, dataset, job_id, charged, charged_delta, state = cur
             if state != "open":
                 raise ConfigError(f"budget charge {charge_id} is already settled")
@@ -254,6 +282,10 @@ class BudgetLedger:
         with self._connect() as conn:
             rows = conn.execute(
                 "SELECT id, job_id, epsilon, delta, state FROM charges "
-                "WHERE tenant=? AND dataset=? ORDER BY rowid", (tenant, dataset_sha256)).fetchall()
-        return [Charge(r[0], tenant, dataset_sha256, r[1], float(r[2]), float(r[3]),
-                       r[4] == "settled") for r in rows]
+                "WHERE tenant=? AND dataset=? ORDER BY rowid",
+                (tenant, dataset_sha256),
+            ).fetchall()
+        return [
+            Charge(r[0], tenant, dataset_sha256, r[1], float(r[2]), float(r[3]), r[4] == "settled")
+            for r in rows
+        ]

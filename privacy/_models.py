@@ -189,8 +189,10 @@ def make_private_compatible(module: nn.Module) -> nn.Module:
     fixed = module
     if ModuleValidator.validate(module, strict=False):
         fixed = ModuleValidator.fix(module)
-    errors = [*ModuleValidator.validate(fixed, strict=False),
-              *GradSampleModule.validate(fixed, strict=False)]
+    errors = [
+        *ModuleValidator.validate(fixed, strict=False),
+        *GradSampleModule.validate(fixed, strict=False),
+    ]
     if errors:
         reasons = "; ".join(str(e) for e in errors[:3])
         raise ConfigError(f"model has layers DP-SGD cannot train: {reasons}")

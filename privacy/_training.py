@@ -8,7 +8,7 @@ import time
 import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,10 @@ import opacus
 import torch
 from opacus import PrivacyEngine
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+from opacus.optimizers import (
+    DistributedDPOptimizerFastGradientClipping,
+    DPOptimizerFastGradientClipping,
+)
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader
@@ -23,6 +27,7 @@ from torch.utils.data import DataLoader
 from sdk._errors import ConfigError, VeilError
 
 from ._accounting import AccountantKind, compute_epsilon, find_noise_multiplier
+from ._bookkeeping import BookKeepingClipper, supports_bookkeeping
 from ._datasets import Dataset
 from ._export import export_onnx
 from ._models import ModelSpec, build_model
@@ -45,11 +50,12 @@ __all__ = [
 # Per-sample-gradient modes that train correctly under Poisson sampling. Opacus 1.6's expanded
 # weights ("ew") raise on the empty batches Poisson sampling produces ("Batch size must be
 # positive"), and so does "functorch" on convolutions; they are not offered (resp. refused).
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+# "bk" is our book-keeping ghost clipping for Linear stacks (see _bookkeeping.py).
+GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch", "ghost")
 
 # Fastest correct mode per built-in model on CPU, measured with bench/bench_privacy.py
 # (--modes prints every mode's samples/s so the choice can be re-checked on new hardware).
-_FASTEST_MODE = {"logreg": "hooks", "mlp": "ghost", "cnn": "hooks"}
+_FASTEST_MODE = {"logreg": "bk", "mlp": "bk", "cnn": "hooks"}
 
 
 class TrainingAborted(VeilError):
@@ -87,6 +93,17 @@ class TrainingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "seed"):
+            value = getattr(self, key)
+            if (value is not None or key != "seed") and (
+                isinstance(value, bool) or not isinstance(value, int)
+            ):
+                raise ConfigError(f"training config {key} must be an integer, got {value!r}")
+        for key in ("optimizer", "grad_sample_mode"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"training config {key} must be a string")
+        if not isinstance(self.accountant, AccountantKind) or not isinstance(self.noise, NoiseMode):
+            raise ConfigError("training config accountant/noise must be AccountantKind/NoiseMode")
         if self.epochs < 1:
             raise ConfigError(f"epochs is {self.epochs}; need at least 1")
         if self.batch_size < 1:
@@ -128,10 +145,19 @@ class TrainingConfig:
                 kwargs["accountant"] = AccountantKind(kwargs["accountant"])
             if "noise" in kwargs:
                 kwargs["noise"] = NoiseMode(kwargs["noise"])
-            for key in ("learning_rate", "momentum", "max_grad_norm", "delta",
-                        "target_epsilon", "noise_multiplier"):
-                if kwargs.get(key) is not None:
-                    kwargs[key] = float(kwargs[key])
+            for key in (
+                "learning_rate",
+                "momentum",
+                "max_grad_norm",
+                "delta",
+                "target_epsilon",
+                "noise_multiplier",
+            ):
+                value = kwargs.get(key)
+                if value is not None:
+                    if isinstance(value, bool) or not isinstance(value, int | float):
+                        raise ConfigError(f"training config {key} must be a number, got {value!r}")
+                    kwargs[key] = float(value)
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"training config is malformed: {exc}") from exc
@@ -163,14 +189,19 @@ class TrainingPlan:
 
     def epsilon_after(self, steps: int) -> float:
         """Epsilon spent if only the first ``steps`` steps run."""
-        return compute_epsilon(noise_multiplier=self.noise_multiplier,
-                               sample_rate=self.sample_rate, steps=min(steps, self.steps),
-                               delta=self.delta, accountant=self.accountant)
+        return compute_epsilon(
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=min(steps, self.steps),
+            delta=self.delta,
+            accountant=self.accountant,
+        )
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """Reported after steps: ``epsilon`` is spent so far (an upper bound)."""
+    """Reported after a step. ``epsilon`` bounds what is spent so far from above: it is the
+    epsilon after the last step of the current epoch (exact at epoch ends)."""
 
     epoch: int
     step: int
@@ -190,28 +221,42 @@ class TrainingResult:
     train_seconds: float
 
 
-def plan_training(num_rows: int, config: TrainingConfig) -> TrainingPlan:
-    """Fix the schedule: sample rate ``1/k`` with ``k = ceil(rows / batch_size)``, ``k`` steps per
-    epoch, and the noise multiplier (given, or the smallest reaching ``target_epsilon``)."""
+def _schedule(num_rows: int, config: TrainingConfig) -> tuple[float, int, int]:
     if num_rows < 1:
         raise ConfigError("cannot plan training on an empty dataset")
     k = max(1, math.ceil(num_rows / config.batch_size))
-    sample_rate = 1.0 / k
-    steps = k * config.epochs
+    return 1.0 / k, k, k * config.epochs
+
+
+def plan_training(num_rows: int, config: TrainingConfig) -> TrainingPlan:
+    """Fix the schedule: sample rate ``1/k`` with ``k = ceil(rows / batch_size)``, ``k`` steps per
+    epoch, and the noise multiplier (given, or the smallest reaching ``target_epsilon``)."""
+    sample_rate, k, steps = _schedule(num_rows, config)
     if config.noise_multiplier is not None:
         sigma = config.noise_multiplier
     else:
         assert config.target_epsilon is not None
-        sigma = find_noise_multiplier(target_epsilon=config.target_epsilon,
-                                      sample_rate=sample_rate, steps=steps, delta=config.delta,
-                                      accountant=config.accountant)
-    eps = compute_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps,
-                          delta=config.delta, accountant=config.accountant)
+        sigma = find_noise_multiplier(
+            target_epsilon=config.target_epsilon,
+            sample_rate=sample_rate,
+            steps=steps,
+            delta=config.delta,
+            accountant=config.accountant,
+        )
+    eps = compute_epsilon(
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=config.delta,
+        accountant=config.accountant,
+    )
     return TrainingPlan(sigma, sample_rate, k, steps, config.delta, eps, config.accountant)
 
 
 def choose_grad_sample_mode(spec: ModelSpec) -> str:
     """The per-sample-gradient mode measured fastest on CPU for this built-in model."""
+    if spec.kind == "mlp" and spec.norm != "none":
+        return "ghost"  # GroupNorm has parameters: book-keeping does not cover it
     return _FASTEST_MODE[spec.kind]
 
 
@@ -240,10 +285,15 @@ class _PoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]
     """Opacus' Poisson sampler (each row independently with probability ``sample_rate``, one
     batch per step, empty batches kept) over this process's shard, reseeding before each draw."""
 
-    def __init__(self, *, shard: torch.Tensor, sample_rate: float, steps: int,
-                 noise: NoiseSource) -> None:
-        super().__init__(num_samples=int(shard.shape[0]), sample_rate=sample_rate,
-                         generator=noise.sampling, steps=steps)
+    def __init__(
+        self, *, shard: torch.Tensor, sample_rate: float, steps: int, noise: NoiseSource
+    ) -> None:
+        super().__init__(
+            num_samples=int(shard.shape[0]),
+            sample_rate=sample_rate,
+            generator=noise.sampling,
+            steps=steps,
+        )
         self._shard = shard
         self._noise = noise
 
@@ -259,6 +309,30 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _check_plan(plan: TrainingPlan, num_rows: int, config: TrainingConfig) -> None:
+    """Refuse a plan that is not this job's schedule or under-states its epsilon (the ledger
+    was charged with ``plan.epsilon``; the run must not spend more)."""
+    q, k, steps = _schedule(num_rows, config)
+    given_sigma = config.noise_multiplier
+    if (
+        (plan.sample_rate, plan.steps_per_epoch, plan.steps) != (q, k, steps)
+        or (plan.delta, plan.accountant) != (config.delta, config.accountant)
+        or (given_sigma is not None and plan.noise_multiplier != given_sigma)
+    ):
+        raise ConfigError("training plan does not match this dataset and config")
+    spent = compute_epsilon(
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=q,
+        steps=steps,
+        delta=plan.delta,
+        accountant=plan.accountant,
+    )
+    if plan.epsilon < spent:
+        raise ConfigError(
+            f"training plan states epsilon {plan.epsilon:.4g} but its schedule spends {spent:.4g}"
+        )
 
 
 def train(
@@ -291,10 +365,7 @@ def train(
             f"dataset rows have {per_row} features but the model expects shape {spec.input_shape}"
         )
     plan = plan or plan_training(dataset.num_rows, config)
-    expected = plan_training(dataset.num_rows, replace(
-        config, target_epsilon=None, noise_multiplier=plan.noise_multiplier))
-    if (expected.sample_rate, expected.steps) != (plan.sample_rate, plan.steps):
-        raise ConfigError("training plan does not match this dataset and config")
+    _check_plan(plan, dataset.num_rows, config)
     rank, world = _world()
     if noise is None:
         if config.noise is NoiseMode.SECURE:
@@ -303,49 +374,122 @@ def train(
             assert config.seed is not None
             noise = NoiseSource.fast(config.seed, rank=rank)
     noise.announce()
-    mode = choose_grad_sample_mode(spec) if config.grad_sample_mode == "auto" \
+    mode = (
+        choose_grad_sample_mode(spec)
+        if config.grad_sample_mode == "auto"
         else config.grad_sample_mode
+    )
     if mode == "functorch" and spec.kind == "cnn":
-        raise ConfigError("grad_sample_mode 'functorch' fails on empty Poisson batches of "
-                          "convolutions; use hooks or ghost for the cnn")
+        raise ConfigError(
+            "grad_sample_mode 'functorch' fails on empty Poisson batches of "
+            "convolutions; use hooks or ghost for the cnn"
+        )
 
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
-    net = build_model(spec)
+    with torch.random.fork_rng(devices=[]):  # seed initialisation without touching global RNG
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        net = build_model(spec)
     x = torch.from_numpy(dataset.features).reshape(-1, *spec.input_shape)
     y = torch.from_numpy(dataset.labels)
-    sampler = _PoissonSampler(shard=torch.arange(rank, dataset.num_rows, world),
-                              sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
-                              noise=noise)
+    sampler = _PoissonSampler(
+        shard=torch.arange(rank, dataset.num_rows, world),
+        sample_rate=plan.sample_rate,
+        steps=plan.steps_per_epoch,
+        noise=noise,
+    )
     loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
-        _Rows(x, y), batch_sampler=sampler, collate_fn=_as_batch)
+        _Rows(x, y), batch_sampler=sampler, collate_fn=_as_batch
+    )
 
     module: nn.Module = DPDDP(net) if world > 1 else net
     optimizer: torch.optim.Optimizer
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(module.parameters(), lr=config.learning_rate,
-                                    momentum=config.momentum)
+        optimizer = torch.optim.SGD(
+            module.parameters(), lr=config.learning_rate, momentum=config.momentum
+        )
     else:
         optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
     with warnings.catch_warnings():
         # Opacus warns that its torchcsprng secure_mode is off; NoiseSource replaces it.
         warnings.simplefilter("ignore", UserWarning)
         engine = PrivacyEngine(accountant=plan.accountant.value, secure_mode=False)
-        made = engine.make_private(
-            module=module, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-            data_loader=loader, noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=config.max_grad_norm, poisson_sampling=False,
-            noise_generator=noise.noise, grad_sample_mode=mode,
+    step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    if mode == "bk":
+        if not supports_bookkeeping(net):
+            raise ConfigError(
+                "grad_sample_mode 'bk' needs a model of Linear and parameter-free layers"
+            )
+        # What make_private would build for ghost clipping, with our clipper instead of its
+        # two-pass criterion: the fast-gradient-clipping optimizer adds noise (rank 0 only
+        # under DDP), scales by the expected batch size and steps Opacus' accountant.
+        expected_batch: float = int(dataset.num_rows * plan.sample_rate)
+        opt_cls: type[DPOptimizerFastGradientClipping] = DPOptimizerFastGradientClipping
+        if world > 1:
+            expected_batch /= world
+            opt_cls = DistributedDPOptimizerFastGradientClipping
+        dp_opt = opt_cls(
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            expected_batch_size=expected_batch,
+            loss_reduction="mean",
+            generator=noise.noise,
         )
-    if len(made) == 4:
-        dp_model, dp_opt, criterion, dp_loader = made
+        dp_opt.attach_step_hook(
+            engine.accountant.get_optimizer_hook_fn(sample_rate=1.0 / len(loader))
+        )
+        step_fn = BookKeepingClipper(net, config.max_grad_norm)
+        dp_loader = loader
+        dp_model: nn.Module = module
     else:
-        dp_model, dp_opt, dp_loader = made
-        criterion = nn.CrossEntropyLoss()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            made = engine.make_private(
+                module=module,
+                optimizer=optimizer,
+                criterion=nn.CrossEntropyLoss(),
+                data_loader=loader,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=config.max_grad_norm,
+                poisson_sampling=False,
+                noise_generator=noise.noise,
+                grad_sample_mode=mode,
+            )
+        if len(made) == 4:
+            dp_model, dp_opt, criterion, dp_loader = made
+        else:
+            dp_model, dp_opt, dp_loader = made
+            criterion = nn.CrossEntropyLoss()
+
+        def step_fn(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            # Under ghost clipping this is Opacus' DPTensorFastGradientClipping, whose
+            # backward() runs its two passes; keep the method call.
+            loss = criterion(dp_model(xb), yb)
+            loss.backward()
+            detached: torch.Tensor = loss.detach()
+            return detached
+
     # Opacus took the loader's length as 1/sample_rate; it must be exactly our plan's rate.
     if 1.0 / len(dp_loader) != plan.sample_rate:
         raise VeilError("Opacus sample rate disagrees with the training plan")
     dp_opt.secure_mode = noise.is_secure  # Opacus' floating-point-attack-resistant noise
+
+    bounds: dict[int, float] = {}
+
+    def epoch_bound(epoch: int) -> float:
+        # Epsilon after this epoch's last step: an upper bound on what is spent so far, exact
+        # at epoch ends, computed once per epoch (PRV takes ~0.1-1 s) so progress stays cheap.
+        if epoch not in bounds:
+            end = (epoch + 1) * plan.steps_per_epoch
+            bounds[epoch] = compute_epsilon(
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                steps=end,
+                delta=plan.delta,
+                accountant=plan.accountant,
+                precise=end == plan.steps,
+            )
+        return bounds[epoch]
 
     steps_started = 0
     loss_value = float("nan")
@@ -359,22 +503,19 @@ def train(
                 for xb, yb in dp_loader:
                     steps_started += 1
                     dp_opt.zero_grad(set_to_none=True)
-                    out = dp_model(xb)
-                    loss = criterion(out, yb)
-                    loss.backward()
+                    loss = step_fn(xb, yb)
                     noise.before_noise()
                     dp_opt.step()
                     if xb.shape[0]:
-                        loss_value = float(loss.detach())
+                        loss_value = float(loss)
                     every = progress_every or plan.steps_per_epoch
-                    last = steps_started == plan.steps
-                    if progress is not None and (steps_started % every == 0 or last):
-                        eps_now = compute_epsilon(
-                            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                            steps=steps_started, delta=plan.delta, accountant=plan.accountant,
-                            precise=last)
-                        progress(ProgressEvent(epoch, steps_started, plan.steps, loss_value,
-                                               eps_now))
+                    if progress is not None and (
+                        steps_started % every == 0 or steps_started == plan.steps
+                    ):
+                        eps_bound = epoch_bound(epoch)
+                        progress(
+                            ProgressEvent(epoch, steps_started, plan.steps, loss_value, eps_bound)
+                        )
     except Exception as exc:
         raise TrainingAborted(
             f"training stopped after starting {steps_started} of {plan.steps} steps: {exc}",
@@ -394,15 +535,16 @@ def train(
         onnx_bytes = export_onnx(clean, spec.input_shape)
     except Exception as exc:
         # Every step ran: the budget must stay spent even though no model comes out.
-        raise TrainingAborted(f"training finished but export failed: {exc}",
-                              steps_started=steps_started) from exc
+        raise TrainingAborted(
+            f"training finished but export failed: {exc}", steps_started=steps_started
+        ) from exc
     record = TrainingRecord(
         model=spec.name,
         noise_multiplier=plan.noise_multiplier,
         sample_rate=plan.sample_rate,
         steps=plan.steps,
         delta=plan.delta,
-        epsilon=plan.epsilon_after(plan.steps),
+        epsilon=plan.epsilon,
         accountant=plan.accountant.value,
         max_grad_norm=config.max_grad_norm,
         dataset_sha256=dataset.sha256,
@@ -418,8 +560,9 @@ def train(
         opacus_version=str(opacus.__version__),
         torch_version=str(torch.__version__),
     )
-    return TrainingResult(onnx=onnx_bytes, record=record, model=clean.eval(),
-                          train_seconds=train_seconds)
+    return TrainingResult(
+        onnx=onnx_bytes, record=record, model=clean.eval(), train_seconds=train_seconds
+    )
 
 
 def evaluate_accuracy(model: nn.Module, dataset: Dataset, input_shape: tuple[int, ...]) -> float:

@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = json.loads(args.job.read_text())
         data = Path(job["dataset"]).read_bytes()
-        dataset = load_dataset(data, job.get("format", "npz"),
-                               label_column=job.get("label_column"))
+        dataset = load_dataset(data, job.get("format", "npz"), label_column=job.get("label_column"))
         spec = ModelSpec.from_mapping(job["model"])
         config = TrainingConfig.from_mapping(job["training"])
     except (OSError, KeyError, json.JSONDecodeError) as exc:

@@ -7,7 +7,7 @@ until it expires, and re-attest once when the enclave says its key rotated.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,8 @@ from protos.veil.v1 import (
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
 )
 from sdk._attested import AttestedEnclave, to_ms
 from sdk._audit_client import (
@@ -38,10 +40,17 @@ from sdk._audit_client import (
     write_export,
 )
 from sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
-from sdk._errors import RemoteError
+from sdk._errors import ProtocolError, RemoteError
 from sdk._models import ModelInfo
 from sdk._protocol import Method, Suite
 from sdk._sealing import SealedCall
+from sdk._training import (
+    BudgetInfo,
+    DatasetInfo,
+    TrainingOutcome,
+    TrainingProgress,
+    outcome_from_result,
+)
 from sdk.attestation._policy import AttestationPolicy
 from sdk.audit import Checkpoint, Receipt
 
@@ -110,6 +119,57 @@ class _Base:
         return [receipt for receipt, _ in self._core.receipts]
 
     @staticmethod
+    def _dataset_format(source: ModelSource, fmt: str | None) -> str:
+        if fmt is not None:
+            return fmt
+        if isinstance(source, bytes):
+            raise ValueError("format is required when the dataset is given as bytes")
+        suffix = Path(source).suffix.lower().lstrip(".")
+        if suffix not in ("npz", "csv", "parquet"):
+            raise ValueError(f"cannot tell the dataset format of {source}; pass format=")
+        return suffix
+
+    @staticmethod
+    def _train_request(
+        dataset: str | DatasetInfo,
+        model: str,
+        *,
+        target_epsilon: float,
+        delta: float,
+        max_grad_norm: float,
+        epochs: int,
+        batch_size: int,
+        learning_rate: float,
+        name: str,
+        accountant: str,
+        optimizer: str,
+        noise: str,
+        seed: int,
+        spec: Mapping[str, Any] | None,
+    ) -> training_pb2.TrainRequest:
+        extra = dict(spec or {})
+        return training_pb2.TrainRequest(
+            dataset_sha256=dataset.sha256 if isinstance(dataset, DatasetInfo) else dataset,
+            model_kind=model,
+            hidden=[int(h) for h in extra.pop("hidden", ())],
+            channels=[int(c) for c in extra.pop("channels", ())],
+            activation=str(extra.pop("activation", "")),
+            norm=str(extra.pop("norm", "")),
+            target_epsilon=target_epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            optimizer=optimizer,
+            accountant=accountant,
+            noise=noise,
+            seed=seed,
+            model_name=name,
+            input_shape=[int(d) for d in extra.pop("input_shape", ())],
+        )
+
+    @staticmethod
     def _export_request(
         since: datetime | None, until: datetime | None, formats: Sequence[str]
     ) -> audit_pb2.ExportRequest:
@@ -150,6 +210,7 @@ class Client(_Base):
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self._training = training_pb2_grpc.TrainingServiceStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -303,6 +364,145 @@ class Client(_Base):
         )
         return write_export(Path(out_dir), self.attest(), response)
 
+    # -- training -------------------------------------------------------------------------
+
+    def upload_dataset(
+        self, data: ModelSource, *, format: str | None = None, label_column: str = ""
+    ) -> DatasetInfo:
+        """Encrypt and stream a dataset (.npz with x and y, CSV or Parquet) to the enclave."""
+        raw = _read_model(data)
+        fmt = self._dataset_format(data, format)
+
+        def run(enclave: AttestedEnclave) -> DatasetInfo:
+            with self._bar(len(raw), "dataset") as bar:
+                sealed, messages = self._core.upload_dataset(
+                    enclave, raw, fmt, label_column, bar.update
+                )
+                try:
+                    answer = self._training.UploadDataset(messages, timeout=self._timeout)
+                except grpc.RpcError as exc:
+                    raise remote_error(exc) from exc
+            return DatasetInfo.from_proto(
+                self._core.open(enclave, sealed, answer, training_pb2.DatasetInfo())
+            )
+
+        return self._sealed(run)
+
+    def budget(self, dataset: str | DatasetInfo) -> BudgetInfo:
+        """The privacy budget of a dataset: what it had, what is spent, what is left."""
+        digest = dataset.sha256 if isinstance(dataset, DatasetInfo) else dataset
+        response = self._unary(
+            Method.GET_BUDGET,
+            self._training.GetBudget,
+            training_pb2.BudgetRequest(dataset_sha256=digest),
+            training_pb2.BudgetResponse(),
+        )
+        return BudgetInfo.from_proto(response)
+
+    def train(
+        self,
+        dataset: str | DatasetInfo,
+        model: str = "mlp",
+        *,
+        target_epsilon: float,
+        delta: float = 1e-6,
+        max_grad_norm: float = 1.0,
+        epochs: int = 5,
+        batch_size: int = 64,
+        learning_rate: float = 0.5,
+        name: str = "trained",
+        accountant: str = "prv",
+        optimizer: str = "sgd",
+        noise: str = "secure",
+        seed: int = 0,
+        spec: Mapping[str, Any] | None = None,
+    ) -> TrainingJob:
+        """Start a DP-SGD job on an uploaded dataset; iterate ``job.stream()`` for progress."""
+        request = self._train_request(
+            dataset,
+            model,
+            target_epsilon=target_epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            name=name,
+            accountant=accountant,
+            optimizer=optimizer,
+            noise=noise,
+            seed=seed,
+            spec=spec,
+        )
+        enclave = self.attest()
+        sealed = self._core.seal(enclave, Method.TRAIN, request)
+        try:
+            stream = self._training.Train(sealed.request, timeout=None)
+        except grpc.RpcError as exc:
+            raise remote_error(exc) from exc
+        return TrainingJob(self._core, enclave, sealed, stream, progress=self._progress)
+
+
+class TrainingJob:
+    """A running training job: ``stream()`` yields progress and finally the outcome."""
+
+    def __init__(
+        self,
+        core: ClientCore,
+        enclave: AttestedEnclave,
+        call: SealedCall,
+        stream: Iterator[common_pb2.SealedResponse],
+        *,
+        progress: bool,
+    ) -> None:
+        self._core = core
+        self._enclave = enclave
+        self._call = call
+        self._stream = stream
+        self._bar = progress
+        self._outcome: TrainingOutcome | None = None
+
+    def stream(self) -> Iterator[TrainingProgress | TrainingOutcome]:
+        """Progress events in order (each sealed and checked), then the certified outcome."""
+        if self._outcome is not None:
+            yield self._outcome
+            return
+        bar = tqdm(total=None, desc="training", disable=not self._bar, leave=False)
+        try:
+            for seq, sealed in enumerate(self._stream):
+                event = self._core.open(
+                    self._enclave,
+                    self._call,
+                    sealed,
+                    training_pb2.TrainEvent(),
+                    seq=seq,
+                    stream=True,
+                )
+                if event.HasField("progress"):
+                    p = event.progress
+                    bar.total = p.total_steps
+                    bar.n = p.step
+                    bar.set_postfix(epsilon=f"{p.epsilon:.3f}", loss=f"{p.loss:.4f}")
+                    yield TrainingProgress(p.epoch, p.step, p.total_steps, p.loss, p.epsilon)
+                    continue
+                if not sealed.final:
+                    raise ProtocolError("training result arrived before the end of the stream")
+                self._outcome = outcome_from_result(event.result, self._enclave)
+                yield self._outcome
+                return
+        except grpc.RpcError as exc:
+            raise remote_error(exc) from exc
+        finally:
+            bar.close()
+        raise ProtocolError("training stream ended without a result")
+
+    def result(self) -> TrainingOutcome:
+        """Wait for the job to finish; return the registered model and its certified record."""
+        for item in self.stream():
+            if isinstance(item, TrainingOutcome):
+                return item
+        raise ProtocolError("training stream ended without a result")
+
 
 class AsyncClient(_Base):
     """asyncio client with the same behaviour as :class:`Client`::
@@ -322,6 +522,7 @@ class AsyncClient(_Base):
         self._models = models_pb2_grpc.ModelServiceStub(self._aio_channel)
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._aio_channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._aio_channel)
+        self._training = training_pb2_grpc.TrainingServiceStub(self._aio_channel)
 
     async def __aenter__(self) -> Self:
         return self

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError, Message
 
-from protos.veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2
+from protos.veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 from sdk._attested import AttestedEnclave, Evidence, to_ms, verify_enclave
 from sdk._errors import AuditLogError, ProtocolError, RemoteError
 from sdk._models import ModelInfo
@@ -193,12 +193,43 @@ class ClientCore:
     def upload(
         self, enclave: AttestedEnclave, data: bytes, name: str, on_chunk: Callable[[int], None]
     ) -> tuple[SealedCall, Iterator[models_pb2.UploadMessage]]:
-        """Seal the header (with a fresh model key) and lazily encrypt the chunks."""
-        model_key = self.random(MODEL_KEY_LEN)
+        """A model upload: sealed header (with a fresh model key), then encrypted chunks."""
+        key = self.random(MODEL_KEY_LEN)
         header = models_pb2.UploadHeader(
-            name=name, model_key=model_key, size=len(data), sha256=hashlib.sha256(data).digest()
+            name=name, model_key=key, size=len(data), sha256=hashlib.sha256(data).digest()
         )
-        call = self.seal(enclave, Method.UPLOAD_MODEL, header)
+        return self._upload(enclave, Method.UPLOAD_MODEL, header, key, data, on_chunk)
+
+    def upload_dataset(
+        self,
+        enclave: AttestedEnclave,
+        data: bytes,
+        fmt: str,
+        label_column: str,
+        on_chunk: Callable[[int], None],
+    ) -> tuple[SealedCall, Iterator[models_pb2.UploadMessage]]:
+        """A dataset upload: the same framing as models, with a DatasetHeader."""
+        key = self.random(MODEL_KEY_LEN)
+        header = training_pb2.DatasetHeader(
+            format=fmt,
+            data_key=key,
+            size=len(data),
+            sha256=hashlib.sha256(data).digest(),
+            label_column=label_column,
+        )
+        return self._upload(enclave, Method.UPLOAD_DATASET, header, key, data, on_chunk)
+
+    def _upload(
+        self,
+        enclave: AttestedEnclave,
+        method: Method,
+        header: Message,
+        key: bytes,
+        data: bytes,
+        on_chunk: Callable[[int], None],
+    ) -> tuple[SealedCall, Iterator[models_pb2.UploadMessage]]:
+        call = self.seal(enclave, method, header)
+        model_key = key
         size = self.chunk_size
 
         def messages() -> Iterator[models_pb2.UploadMessage]:

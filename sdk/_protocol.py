@@ -66,6 +66,9 @@ class Method(enum.StrEnum):
     AUDIT_INCLUSION = "/veil.v1.AuditService/GetInclusionProof"
     AUDIT_CONSISTENCY = "/veil.v1.AuditService/GetConsistencyProof"
     AUDIT_EXPORT = "/veil.v1.AuditService/ExportAudit"
+    UPLOAD_DATASET = "/veil.v1.TrainingService/UploadDataset"
+    TRAIN = "/veil.v1.TrainingService/Train"
+    GET_BUDGET = "/veil.v1.TrainingService/GetBudget"
 
 
 PublicKey = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -26,9 +25,9 @@ from sdk._client import Client
 from sdk._core import TlsOptions
 from sdk._errors import ConfigError, VeilError
 from sdk._protocol import Suite
+from sdk.attest_cli import add_verify_parser
 from sdk.attestation._policy import AttestationPolicy
-from sdk.attestation._roots import TrustRoot
-from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+from sdk.attestation._snp_verify import VerifiedSnpReport
 
 __all__ = ["add_client_options", "client_from_args", "main", "parse_time"]
 
@@ -168,40 +167,6 @@ def parse_time(value: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _cmd_attest_verify(args: argparse.Namespace) -> int:
-    report = args.report.read_bytes()
-    blobs = [args.certs.read_bytes()]
-    if args.vcek is not None:
-        blobs.insert(0, args.vcek.read_bytes())
-    chain = SnpCertChain.from_pem(*blobs)
-    if args.trust_root is not None:
-        policy = AttestationPolicy.simulated_for_tests(
-            TrustRoot.from_pem(args.trust_root.read_bytes()),
-            measurements=args.expect_measurement,
-        )
-    else:
-        policy = AttestationPolicy.production(
-            measurements=args.expect_measurement,
-            allow_any_measurement=not args.expect_measurement,
-        )
-    policy = replace(policy, allow_debug=args.allow_debug, require_key_binding=False)
-    expected = bytes.fromhex(args.report_data) if args.report_data else None
-    verified = verify_snp_report(
-        report,
-        chain,
-        policy,
-        now=parse_time(args.at) if args.at else datetime.now(UTC),
-        expected_report_data=expected,
-    )
-    if args.json:
-        doc = _report_json(verified)
-        doc["verified"] = True
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"verified: {verified.product.value} measurement {verified.measurement.hex()}")
-    return EXIT_OK
-
-
 def _cmd_models_upload(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         info = client.upload_model(args.file, args.name)
@@ -262,19 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     attest.add_argument("--json", action="store_true")
     attest.set_defaults(func=_cmd_attest)
     attest_sub = attest.add_subparsers(dest="attest_command", metavar="verify")
-    verify = attest_sub.add_parser("verify", help="verify a saved SEV-SNP report offline")
-    verify.add_argument("report", type=Path, help="the 1184-byte report")
-    verify.add_argument(
-        "--certs", type=Path, required=True, help="ASK+ARK chain, or a VCEK+ASK+ARK bundle"
-    )
-    verify.add_argument("--vcek", type=Path, help="the VCEK (DER or PEM) when separate")
-    verify.add_argument("--allow-debug", action="store_true", help="accept a debuggable guest")
-    verify.add_argument("--at", help="verify as of this ISO 8601 time (default: now)")
-    verify.add_argument("--report-data", help="expected REPORT_DATA, hex")
-    verify.add_argument("--trust-root", type=Path, help="pin this root instead of AMD's")
-    verify.add_argument("--expect-measurement", action="append", default=[], metavar="HEX")
-    verify.add_argument("--json", action="store_true")
-    verify.set_defaults(func=_cmd_attest_verify)
+    add_verify_parser(attest_sub)
 
     models = sub.add_parser("models", help="upload, list and delete models")
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)

@@ -2,32 +2,34 @@
 exact binomial p-value, plus a keyed trigger set for black-box checks.
 
 Verification (``verify``, ``verify_trigger``, claims, reports) needs only onnx and numpy;
-embedding (``embed_onnx``, ``WatermarkRegularizer``) needs torch and is imported lazily.
+embedding (``embed_onnx``, ``WatermarkRegularizer``) needs torch. Every name is imported on first
+use, so ``import watermark`` (and the ``veil`` CLI that registers ``watermark.cli``) costs
+nothing and works even where onnx or torch is not installed.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from watermark._claim import ProjectionParams, WatermarkClaim
-from watermark._keys import WatermarkKey, message_bits
-from watermark._locate import LayerLocator, locate, weight_layers
-from watermark._plan import WatermarkPlan
-from watermark._pvalue import binomial_tail
-from watermark._report import VerificationReport
-from watermark._trigger import TriggerParams, derive_trigger_set
-from watermark._verify import (
-    DEFAULT_THRESHOLD,
-    TriggerVerdict,
-    WatermarkVerdict,
-    onnx_predictor,
-    verify,
-    verify_trigger,
-)
-
 if TYPE_CHECKING:
+    from watermark._claim import ProjectionParams, WatermarkClaim
     from watermark._embed import EmbedResult, embed_onnx
+    from watermark._keys import WatermarkKey, message_bits
+    from watermark._locate import LayerLocator, locate, weight_layers
+    from watermark._plan import WatermarkPlan
+    from watermark._pvalue import binomial_tail
     from watermark._regularizer import WatermarkRegularizer
+    from watermark._report import VerificationReport
+    from watermark._trigger import TriggerParams, derive_trigger_set
+    from watermark._verify import (
+        DEFAULT_THRESHOLD,
+        TriggerVerdict,
+        WatermarkVerdict,
+        onnx_predictor,
+        verify,
+        verify_trigger,
+    )
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -53,17 +55,40 @@ __all__ = [
     "weight_layers",
 ]
 
-_LAZY = {
-    "EmbedResult": "watermark._embed",
-    "embed_onnx": "watermark._embed",
-    "WatermarkRegularizer": "watermark._regularizer",
+_HOME = {
+    "DEFAULT_THRESHOLD": "_verify",
+    "EmbedResult": "_embed",
+    "LayerLocator": "_locate",
+    "ProjectionParams": "_claim",
+    "TriggerParams": "_trigger",
+    "TriggerVerdict": "_verify",
+    "VerificationReport": "_report",
+    "WatermarkClaim": "_claim",
+    "WatermarkKey": "_keys",
+    "WatermarkPlan": "_plan",
+    "WatermarkRegularizer": "_regularizer",
+    "WatermarkVerdict": "_verify",
+    "binomial_tail": "_pvalue",
+    "derive_trigger_set": "_trigger",
+    "embed_onnx": "_embed",
+    "locate": "_locate",
+    "message_bits": "_keys",
+    "onnx_predictor": "_verify",
+    "verify": "_verify",
+    "verify_trigger": "_verify",
+    "weight_layers": "_locate",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import the torch-based embedding API only when it is used."""
-    if name in _LAZY:
-        import importlib
+    """Import each public name from its private module on first use."""
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'watermark' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"watermark.{home}"), name)
+    globals()[name] = value
+    return value
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'watermark' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

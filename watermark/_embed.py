@@ -75,6 +75,8 @@ def min_norm_shift(
     projection: npt.NDArray[np.float64],
     message: npt.NDArray[np.int8],
     margin: float,
+    *,
+    center: bool = True,
     rounds: int = 6,
 ) -> npt.NDArray[np.float64]:
     """The smallest change to ``weight`` after which ``b_i * (X C w)_i / |C w| >= margin``.
@@ -82,16 +84,19 @@ def min_norm_shift(
     ``C`` subtracts the mean over output units (axis 0), so ``X C`` is ``X`` with each row
     centred the same way; the least-norm change lies in the range of ``C``. Each round solves
     the least-norm problem for the currently violated rows; a few rounds absorb the change of
-    ``|C w|``. Returns the new weight, same shape.
+    ``|C w|``. With ``center=False``, ``C`` is the identity. Returns the new weight, same shape.
     """
     shape = weight.shape
-    projection = (
-        projection.reshape(-1, *shape) - projection.reshape(-1, *shape).mean(axis=1, keepdims=True)
-    ).reshape(len(projection), -1)
+
+    def centre(a: npt.NDArray[np.float64], axis: int) -> npt.NDArray[np.float64]:
+        result: npt.NDArray[np.float64] = a - a.mean(axis=axis, keepdims=True) if center else a
+        return result
+
+    projection = centre(projection.reshape(-1, *shape), 1).reshape(len(projection), -1)
     v = weight.astype(np.float64).reshape(-1).copy()
     signs = message.astype(np.float64)
     for _ in range(rounds):
-        centered = (v.reshape(shape) - v.reshape(shape).mean(axis=0, keepdims=True)).reshape(-1)
+        centered = centre(v.reshape(shape), 0).reshape(-1)
         norm = float(np.linalg.norm(centered)) or 1.0
         z = projection @ v / norm
         violated = signs * z < margin
@@ -178,9 +183,9 @@ def embed_onnx(
             new_weight = torch.from_numpy(shifted)
         else:
             # The mean over output channels moves by d when every channel moves by d.
-            mean = weight.mean(0).numpy()[None]
-            delta = min_norm_shift(mean, plan.projection(), plan.message(), margin) - mean
-            new_weight = weight + torch.from_numpy(delta[0])
+            mean = weight.mean(0).numpy()
+            shifted = min_norm_shift(mean, plan.projection(), plan.message(), margin, center=False)
+            new_weight = weight + torch.from_numpy(shifted - mean)
         _canonical(param, located).copy_(new_weight.float())
 
     trigger_params: TriggerParams | None = None

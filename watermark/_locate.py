@@ -9,8 +9,9 @@ quantisation rename and fuse tensors, but they keep this description.
 Weights are resolved through initializers, sparse initializers, ``Constant`` nodes,
 ``Identity``/``Cast``/``Transpose`` and ``DequantizeLinear`` (QDQ) chains, and the integer
 operators written by ``onnxruntime.quantization`` (``ConvInteger``, ``MatMulInteger``,
-``QLinearConv``, ``QLinearMatMul``): int8/uint8 weights are dequantised, pruned (zero) weights
-are kept as they are. Only onnx and numpy are used here.
+``QLinearConv``, ``QLinearMatMul``, ``QGemm``), and ORT's fused ``FusedConv``/``FusedGemm``:
+int8/uint8 weights are dequantised, pruned (zero) weights are kept as they are. Only onnx and
+numpy are used here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sdk._errors import WatermarkError
 __all__ = ["LayerLocator", "LocatedLayer", "locate", "weight_layers"]
 
 _CONV_OPS = {"Conv", "FusedConv", "ConvInteger", "QLinearConv"}
-_DENSE_OPS = {"Gemm", "FusedGemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
+_DENSE_OPS = {"Gemm", "FusedGemm", "MatMul", "MatMulInteger", "QLinearMatMul", "QGemm"}
 _KINDS = ("conv", "dense")
 
 FloatArray = npt.NDArray[np.float64]
@@ -234,6 +235,15 @@ def _layer_weight(consts: _Constants, node: onnx.NodeProto) -> tuple[FloatArray,
         if w.ndim != 2:
             raise _NotALayer
         return w.T, None, True
+    if op == "QGemm":  # com.microsoft: A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp
+        q = consts.resolve(inputs[3]) if len(inputs) > 4 else None
+        scale = consts.resolve(inputs[4]) if q is not None else None
+        if q is None or scale is None or q[0].ndim != 2 or consts.resolve(inputs[0]) is not None:
+            raise _NotALayer
+        zero = consts.resolve(inputs[5]) if len(inputs) > 5 and inputs[5] else None
+        trans_b = _int_attr(node, "transB", 0) == 1
+        w = _dequantize(q[0], scale[0], None if zero is None else zero[0], 0 if trans_b else 1)
+        return (w, None, False) if trans_b else (w.T, None, True)
     if op in ("ConvInteger", "MatMulInteger"):
         q = consts.resolve(inputs[1]) if len(inputs) > 1 else None
         if q is None:

@@ -87,7 +87,9 @@ def load_model(model: bytes | onnx.ModelProto) -> onnx.ModelProto:
 def reduce_weight(weight: npt.NDArray[np.float64], reduce: str) -> npt.NDArray[np.float64]:
     """The vector the projection reads (see :class:`ProjectionParams`)."""
     if reduce == "centered":
-        centered: npt.NDArray[np.float64] = (weight - weight.mean(axis=0, keepdims=True)).reshape(-1)
+        centered: npt.NDArray[np.float64] = (weight - weight.mean(axis=0, keepdims=True)).reshape(
+            -1
+        )
         return centered
     if reduce == "channel_mean":
         mean: npt.NDArray[np.float64] = weight.mean(axis=0).reshape(-1)

@@ -12,21 +12,21 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any
 
 from sdk._errors import VeilError, WatermarkError
-from watermark._claim import WatermarkClaim, public_key_bytes
-from watermark._keys import WatermarkKey
-from watermark._report import VerificationReport
-from watermark._verify import DEFAULT_THRESHOLD, onnx_predictor, verify, verify_trigger
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from watermark._keys import WatermarkKey
 
 __all__ = ["main", "register"]
 
 KEY_VERSION = "veil-wm-key-v1"
 OPENING_VERSION = "veil-wm-opening-v1"
 EXIT_DETECTED, EXIT_NOT_DETECTED, EXIT_USAGE = 0, 1, 2
+DEFAULT_THRESHOLD = 1e-9  # the same default as watermark._verify (kept here: import-free)
 
 
 class _UsageError(Exception):
@@ -93,6 +93,10 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _load_key_file(path: Path) -> tuple[Ed25519PrivateKey, WatermarkKey]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from watermark._keys import WatermarkKey
+
     data = _read_json(path, "key file")
     if not isinstance(data, dict) or data.get("version") != KEY_VERSION:
         raise _UsageError(f"{path} is not a {KEY_VERSION} key file")
@@ -104,6 +108,8 @@ def _load_key_file(path: Path) -> tuple[Ed25519PrivateKey, WatermarkKey]:
 
 
 def _load_opening(path: Path) -> WatermarkKey:
+    from watermark._keys import WatermarkKey
+
     data = _read_json(path, "opening")
     if not isinstance(data, dict) or data.get("version") not in (KEY_VERSION, OPENING_VERSION):
         raise _UsageError(f"{path} is neither an opening nor a key file")
@@ -132,6 +138,13 @@ def _run(args: argparse.Namespace, body: Any) -> int:
     except _UsageError as exc:
         print(f"veil watermark: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as exc:
+        print(
+            f"veil watermark: needs the {exc.name or 'missing'} package "
+            "(install onnx for verify; torch and onnxruntime for embed)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except VeilError as exc:
         print(f"veil watermark: {exc}", file=sys.stderr)
         return EXIT_NOT_DETECTED
@@ -139,6 +152,11 @@ def _run(args: argparse.Namespace, body: Any) -> int:
 
 def _keygen(args: argparse.Namespace) -> int:
     def body(args: argparse.Namespace) -> int:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from watermark._claim import public_key_bytes
+        from watermark._keys import WatermarkKey
+
         owner = Ed25519PrivateKey.generate()
         raw = owner.private_bytes_raw()
         data = {
@@ -203,6 +221,10 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     def body(args: argparse.Namespace) -> int:
+        from watermark._claim import WatermarkClaim
+        from watermark._report import VerificationReport
+        from watermark._verify import onnx_predictor, verify, verify_trigger
+
         if args.opening is None:
             raise _UsageError("--opening is required: the claim's commitment must be opened")
         if (args.report_out or args.html_out) and args.report_key is None:

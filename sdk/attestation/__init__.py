@@ -5,18 +5,32 @@ subpackages.
 """
 
 from sdk.attestation._policy import AttestationPolicy
+from sdk.attestation._policy_file import (
+    GpuPolicy,
+    PolicyFile,
+    Release,
+    load_policy,
+    load_signed_policy,
+    parse_policy,
+)
 from sdk.attestation._roots import TrustRoot, amd_roots
 from sdk.attestation._snp_report import Product, SnpReport, TcbVersion
 from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
 
 __all__ = [
     "AttestationPolicy",
+    "GpuPolicy",
+    "PolicyFile",
     "Product",
+    "Release",
     "SnpCertChain",
     "SnpReport",
     "TcbVersion",
     "TrustRoot",
     "VerifiedSnpReport",
     "amd_roots",
+    "load_policy",
+    "load_signed_policy",
+    "parse_policy",
     "verify_snp_report",
 ]

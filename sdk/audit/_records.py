@@ -55,6 +55,8 @@ class EventType(enum.Enum):
     MODEL_REGISTERED = "model_registered"
     MODEL_DELETED = "model_deleted"
     MODEL_LISTED = "model_listed"
+    DATASET_UPLOADED = "dataset_uploaded"
+    BUDGET_READ = "budget_read"
     INFERENCE = "inference"
     TRAINING_STARTED = "training_started"
     TRAINING_CHARGED = "training_charged"
