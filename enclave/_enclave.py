@@ -25,6 +25,7 @@ from enclave._onnx import InferenceEngine, validate_onnx
 from enclave._replay import ReplayGuard
 from enclave._store import ModelRecord, ModelStore, parse_ref
 from enclave._training import TrainingDesk
+from enclave._watermark import WatermarkDesk
 from enclave.audit import AuditLog, ExportFormat, Signer
 from enclave.tee._base import TeeProvider
 from enclave.tee._simulated import SimulatedSnp
@@ -366,6 +367,10 @@ class Enclave:
     def training(self) -> TrainingDesk:
         """Datasets, budgets and DP training (loaded on first use: it imports torch)."""
         return TrainingDesk(self)
+
+    @functools.cached_property
+    def watermarks(self) -> WatermarkDesk:
+        return WatermarkDesk(self)
 
     def begin_dataset_upload(self, opened: OpenedRequest) -> UploadSession:
         header = training_pb2.DatasetHeader()

@@ -29,6 +29,8 @@ from protos.veil.v1 import (
     models_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
+    watermark_pb2,
+    watermark_pb2_grpc,
 )
 from sdk._errors import ProtocolError
 from sdk._protocol import Method
@@ -40,6 +42,7 @@ __all__ = [
     "InferenceServicer",
     "ModelServicer",
     "TrainingServicer",
+    "WatermarkServicer",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -246,3 +249,29 @@ class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
                 return
             yield self._enclave.progress(opened, training_pb2.TrainEvent(progress=item), seq=seq)
             seq += 1
+
+
+class WatermarkServicer(_Servicer, watermark_pb2_grpc.WatermarkServiceServicer):
+    @grpc_errors
+    def EmbedWatermark(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(watermark_pb2.EmbedWatermarkRequest(), opened.payload)
+            return self._enclave.watermarks.embed(opened.tenant, req)
+
+        return self._sealed(
+            request, context, Method.EMBED_WATERMARK, EventType.WATERMARK_EMBEDDED, run
+        )
+
+    @grpc_errors
+    def VerifyWatermark(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> common_pb2.SealedResponse:
+        def run(opened: OpenedRequest) -> Handled:
+            req = _parse(watermark_pb2.VerifyWatermarkRequest(), opened.payload)
+            return self._enclave.watermarks.verify(opened.tenant, req)
+
+        return self._sealed(
+            request, context, Method.VERIFY_WATERMARK, EventType.WATERMARK_VERIFIED, run
+        )

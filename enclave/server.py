@@ -18,6 +18,7 @@ from enclave._service import (
     InferenceServicer,
     ModelServicer,
     TrainingServicer,
+    WatermarkServicer,
 )
 from protos.veil.v1 import (
     attestation_pb2,
@@ -30,6 +31,8 @@ from protos.veil.v1 import (
     models_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
+    watermark_pb2,
+    watermark_pb2_grpc,
 )
 
 __all__ = ["RunningServer", "create_server", "server_credentials"]
@@ -40,6 +43,7 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+    watermark_pb2.DESCRIPTOR.services_by_name["WatermarkService"].full_name,
 )
 
 
@@ -99,6 +103,7 @@ def create_server(
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(enclave), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(enclave), server)
     training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(enclave), server)
+    watermark_pb2_grpc.add_WatermarkServiceServicer_to_server(WatermarkServicer(enclave), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

@@ -6,6 +6,7 @@ until it expires, and re-attest once when the enclave says its key rotated.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -31,6 +32,8 @@ from protos.veil.v1 import (
     models_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
+    watermark_pb2,
+    watermark_pb2_grpc,
 )
 from sdk._attested import AttestedEnclave, to_ms
 from sdk._audit_client import (
@@ -41,7 +44,7 @@ from sdk._audit_client import (
 )
 from sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
 from sdk._errors import ProtocolError, RemoteError
-from sdk._models import ModelInfo
+from sdk._models import ModelInfo, WatermarkCheck, WatermarkEmbedding
 from sdk._protocol import Method, Suite
 from sdk._sealing import SealedCall
 from sdk._training import (
@@ -59,6 +62,21 @@ __all__ = ["AsyncClient", "Client"]
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 ModelSource = str | Path | bytes
+
+
+def _key_file(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A key file or opening (path, JSON text or mapping) as a dict."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    text = (
+        Path(source).read_text()
+        if isinstance(source, Path) or not source.lstrip().startswith("{")
+        else source
+    )
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError("watermark key file must be a JSON object")
+    return doc
 
 
 def _read_model(source: ModelSource) -> bytes:
@@ -211,6 +229,7 @@ class Client(_Base):
         self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self._training = training_pb2_grpc.TrainingServiceStub(self._channel)
+        self._watermark = watermark_pb2_grpc.WatermarkServiceStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -363,6 +382,77 @@ class Client(_Base):
             audit_pb2.ExportResponse(),
         )
         return write_export(Path(out_dir), self.attest(), response)
+
+    # -- watermarking -------------------------------------------------------------------
+
+    def embed_watermark(
+        self,
+        model: str,
+        key: str | Path | Mapping[str, Any],
+        dataset: str | DatasetInfo,
+        *,
+        epochs: int = 30,
+    ) -> WatermarkEmbedding:
+        """Mark a registered model with the owner's key (``veil watermark keygen`` KEY.json),
+        fine-tuning on an uploaded dataset; the result is registered as a new version."""
+        doc = _key_file(key)
+        try:
+            owner = bytes.fromhex(str(doc["owner_private_key"]))
+            secret = json.dumps(doc["watermark"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"watermark key file is malformed: {exc}") from exc
+        response = self._unary(
+            Method.EMBED_WATERMARK,
+            self._watermark.EmbedWatermark,
+            watermark_pb2.EmbedWatermarkRequest(
+                model=model,
+                owner_private_key=owner,
+                watermark_key_json=secret,
+                dataset_sha256=dataset.sha256 if isinstance(dataset, DatasetInfo) else dataset,
+                epochs=epochs,
+            ),
+            watermark_pb2.EmbedWatermarkResponse(),
+        )
+        return WatermarkEmbedding(
+            model=ModelInfo.from_proto(response.model),
+            claim_json=response.claim_json,
+            p_value=response.p_value,
+            matches=response.matches,
+            n_bits=response.n_bits,
+            accuracy_before=response.accuracy_before,
+            accuracy_after=response.accuracy_after,
+        )
+
+    def verify_watermark(
+        self,
+        model: str,
+        claim_json: str,
+        opening: str | Path | Mapping[str, Any],
+        *,
+        threshold: float = 1e-9,
+    ) -> WatermarkCheck:
+        """Check a claimed watermark on a registered model; the opening reveals the key."""
+        doc = _key_file(opening)
+        response = self._unary(
+            Method.VERIFY_WATERMARK,
+            self._watermark.VerifyWatermark,
+            watermark_pb2.VerifyWatermarkRequest(
+                model=model,
+                claim_json=claim_json,
+                opening_json=json.dumps(doc.get("watermark", doc)),
+                threshold=threshold,
+            ),
+            watermark_pb2.VerifyWatermarkResponse(),
+        )
+        return WatermarkCheck(
+            detected=response.detected,
+            p_value=response.p_value,
+            matches=response.matches,
+            n_bits=response.n_bits,
+            threshold=response.threshold,
+            model_sha256=response.model_sha256,
+            claim_sha256=response.claim_sha256,
+        )
 
     # -- training -------------------------------------------------------------------------
 

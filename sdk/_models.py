@@ -8,7 +8,7 @@ from datetime import datetime
 from protos.veil.v1 import models_pb2
 from sdk._attested import from_ms
 
-__all__ = ["ModelInfo", "TensorInfo"]
+__all__ = ["ModelInfo", "TensorInfo", "WatermarkCheck", "WatermarkEmbedding"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,29 @@ class ModelInfo:
             inputs=specs(msg.inputs),
             outputs=specs(msg.outputs),
         )
+
+
+@dataclass(frozen=True)
+class WatermarkEmbedding:
+    """A model marked inside the enclave: the new version and the owner-signed claim."""
+
+    model: ModelInfo
+    claim_json: str
+    p_value: float
+    matches: int
+    n_bits: int
+    accuracy_before: float
+    accuracy_after: float
+
+
+@dataclass(frozen=True)
+class WatermarkCheck:
+    """The enclave's verdict on a claimed watermark (exact binomial p-value)."""
+
+    detected: bool
+    p_value: float
+    matches: int
+    n_bits: int
+    threshold: float
+    model_sha256: str
+    claim_sha256: str

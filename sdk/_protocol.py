@@ -69,6 +69,8 @@ class Method(enum.StrEnum):
     UPLOAD_DATASET = "/veil.v1.TrainingService/UploadDataset"
     TRAIN = "/veil.v1.TrainingService/Train"
     GET_BUDGET = "/veil.v1.TrainingService/GetBudget"
+    EMBED_WATERMARK = "/veil.v1.WatermarkService/EmbedWatermark"
+    VERIFY_WATERMARK = "/veil.v1.WatermarkService/VerifyWatermark"
 
 
 PublicKey = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey
