@@ -28,6 +28,7 @@ from enclave._training import TrainingDesk
 from enclave._watermark import WatermarkDesk
 from enclave.audit import AuditLog, ExportFormat, Signer
 from enclave.tee._base import TeeProvider
+from enclave.tee._nvidia_gpu import GpuEvidenceSource
 from enclave.tee._simulated import SimulatedSnp
 from protos.veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 from sdk._attested import Evidence, from_ms
@@ -35,6 +36,7 @@ from sdk._errors import ProtocolError
 from sdk._protocol import MODEL_KEY_LEN, NONCE_LEN, report_data_for
 from sdk._sealing import decrypt_chunk
 from sdk._tensors import from_proto, to_proto
+from sdk.attestation._composite import gpu_nonce_for
 from sdk.audit import AuditRecord, Checkpoint, DigestKey, EventType, Outcome, SignedNote
 
 __all__ = ["Enclave", "UploadSession"]
@@ -102,9 +104,13 @@ class Enclave:
         *,
         clock: Callable[[], datetime] = _utcnow,
         random: Callable[[int], bytes] = os.urandom,
+        gpu: GpuEvidenceSource | None = None,
+        tdx_collateral: Mapping[str, bytes] | None = None,
     ) -> None:
         self.config = config
         self.tee = tee
+        self.gpu = gpu
+        self._tdx_collateral = dict(tdx_collateral or {})
         self.clock = clock
         self.measurement = measure(config)
         self.audit = AuditLog(
@@ -256,7 +262,9 @@ class Enclave:
         return KeyEpoch.generate(
             now=self.clock(),
             lifetime=timedelta(seconds=self.config.key_epoch_seconds),
-            measurement=self.measurement,
+            # Only the simulated TEE reports the code+config digest as its MEASUREMENT; real
+            # hardware reports its launch digest, and the digest is bound through the claims.
+            measurement=self.measurement if self.tee.name == "simulated" else b"",
             audit_log_key=self.audit.verifier.public_key,
             audit_log_origin=self.audit.signer.name,
         )
@@ -280,10 +288,20 @@ class Enclave:
         if len(nonce) != NONCE_LEN:
             raise ProtocolError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
         epoch = self._fresh_epoch()
-        raw = self.tee.evidence(report_data_for(nonce, epoch.digest), self.measurement)
+        report_data = report_data_for(nonce, epoch.digest)
+        raw = self.tee.evidence(report_data, self.measurement)
+        gpus: tuple[tuple[bytes, bytes], ...] = ()
+        if self.gpu is not None:  # the GPU's nonce is bound to this very CPU report
+            gpu = self.gpu.evidence(gpu_nonce_for(report_data))
+            gpus = ((gpu.evidence, gpu.cert_chain_pem),)
         self.record(EventType.ATTESTATION_SERVED, resource=epoch.key_id)
         return Evidence(
-            tee=raw.tee, report=raw.report, cert_chain=raw.cert_chain, claims=epoch.claims
+            tee=raw.tee,
+            report=raw.report,
+            cert_chain=raw.cert_chain,
+            claims=epoch.claims,
+            gpus=gpus,
+            collateral=self._tdx_collateral if raw.tee == "tdx" else {},
         )
 
     # -- models ---------------------------------------------------------------------------

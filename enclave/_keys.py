@@ -70,7 +70,7 @@ class KeyEpoch:
             ],
             issued_at_ms=to_ms(now),
             expires_at_ms=to_ms(expires),
-            measurement_hex=measurement.hex(),
+            measurement_hex=measurement.hex(),  # empty on real hardware (it measures itself)
             audit_log_key=audit_log_key,
             audit_log_origin=audit_log_origin,
         ).SerializeToString(deterministic=True)

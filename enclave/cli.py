@@ -30,6 +30,11 @@ def register_serve(sub: Any) -> None:
         help="32-byte key (mode 0600) for data at rest on hardware without key derivation "
         "(TDX; SEV-SNP without /dev/sev-guest)",
     )
+    parser.add_argument(
+        "--tdx-collateral",
+        type=Path,
+        help="TDX: a folder of Intel PCS collateral to forward with each quote",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(func=_serve)
 
@@ -71,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    enclave = Enclave(config, tee)
+    collateral = None
+    if args.tdx_collateral is not None:
+        collateral = {p.name: p.read_bytes() for p in args.tdx_collateral.iterdir() if p.is_file()}
+    enclave = Enclave(config, tee, tdx_collateral=collateral)
     running = create_server(enclave, host=args.host, port=args.port)
     stop = threading.Event()
 

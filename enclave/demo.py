@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sdk import AttestationPolicy, Client, InsecureModeWarning
+from sdk import AttestationPolicy, Client, InsecureModeWarning, VerifiedSnpReport
 
 FEATURES = ["income", "debt_ratio", "late_payments", "years_employed"]
 
@@ -98,7 +98,8 @@ def main() -> int:
                 enclave = client.attest()
                 print("2. attestation verified (SEV-SNP report format, simulated root):")
                 print(f"   measurement  {enclave.measurement}")
-                print(f"   TCB          {enclave.report.reported_tcb}")
+                if isinstance(enclave.report, VerifiedSnpReport):
+                    print(f"   TCB          {enclave.report.reported_tcb}")
                 print(f"   sealing keys {', '.join(s.name for s in enclave.claims.keys)}")
                 if any(issubclass(w.category, InsecureModeWarning) for w in caught):
                     print("   WARNING: trusted a TEST root: this proves no hardware isolation")

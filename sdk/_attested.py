@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -21,9 +21,12 @@ from sdk._protocol import (
     decode_public_key,
     report_data_for,
 )
+from sdk.attestation._composite import VerifiedComposite, verify_composite
 from sdk.attestation._policy import AttestationPolicy
 from sdk.attestation._roots import load_certificates
 from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+from sdk.attestation.nvidia import SpdmEvidence, verify_rim
+from sdk.attestation.tdx import TdxCollateral, VerifiedTdxQuote, verify_tdx_quote
 from sdk.audit._note import Verifier
 
 __all__ = [
@@ -110,6 +113,8 @@ class Evidence:
     report: bytes
     cert_chain: tuple[bytes, ...]
     claims: bytes
+    gpus: tuple[tuple[bytes, bytes], ...] = ()  # (SPDM evidence, PEM chain) per GPU
+    collateral: Mapping[str, bytes] = field(default_factory=dict)  # TDX: Intel PCS collateral
 
     @classmethod
     def from_proto(cls, msg: attestation_pb2.AttestationEvidence) -> Evidence:
@@ -118,11 +123,21 @@ class Evidence:
             report=bytes(msg.report),
             cert_chain=tuple(bytes(c) for c in msg.cert_chain),
             claims=bytes(msg.claims),
+            gpus=tuple((bytes(g.spdm), bytes(g.cert_chain_pem)) for g in msg.gpus),
+            collateral=MappingProxyType({k: bytes(v) for k, v in msg.collateral.items()}),
         )
 
     def to_proto(self) -> attestation_pb2.AttestationEvidence:
         return attestation_pb2.AttestationEvidence(
-            tee=self.tee, report=self.report, cert_chain=list(self.cert_chain), claims=self.claims
+            tee=self.tee,
+            report=self.report,
+            cert_chain=list(self.cert_chain),
+            claims=self.claims,
+            gpus=[
+                attestation_pb2.GpuEvidence(spdm=spdm, cert_chain_pem=chain)
+                for spdm, chain in self.gpus
+            ],
+            collateral=dict(self.collateral),
         )
 
 
@@ -130,16 +145,29 @@ class Evidence:
 class AttestedEnclave:
     """A verified enclave: its hardware report, its claims, and how long the verdict holds."""
 
-    report: VerifiedSnpReport
+    report: VerifiedSnpReport | VerifiedTdxQuote
     claims: EnclaveClaims
     claims_digest: bytes
     evidence: Evidence
     valid_until: datetime
     nonce: bytes
 
+    gpu: VerifiedComposite | None = None
+
+    @property
+    def tee(self) -> str:
+        return self.evidence.tee
+
     @property
     def measurement(self) -> str:
-        return self.report.measurement.hex()
+        """SEV-SNP MEASUREMENT or TDX MRTD, hex."""
+        if isinstance(self.report, VerifiedSnpReport):
+            return self.report.measurement.hex()
+        return self.report.mr_td.hex()
+
+    @property
+    def insecure_root(self) -> bool:
+        return isinstance(self.report, VerifiedSnpReport) and self.report.insecure_root
 
     @property
     def key_id(self) -> str:
@@ -184,26 +212,30 @@ def verify_enclave(
     """
     if len(nonce) != NONCE_LEN:
         raise ValueError(f"nonce must be {NONCE_LEN} bytes")
-    if evidence.tee != "sev-snp":
-        raise AttestationError(
-            AttestationFailure.UNSUPPORTED, f"unsupported TEE {evidence.tee!r} (expected sev-snp)"
-        )
-    if not evidence.cert_chain:
-        raise AttestationError(AttestationFailure.BAD_CHAIN, "evidence carries no certificates")
-    certs = [c for blob in evidence.cert_chain for c in load_certificates(blob)]
-    chain = SnpCertChain.from_certificates(certs)
     digest = claims_digest(evidence.claims)
-    verified = verify_snp_report(
-        evidence.report,
-        chain,
-        policy,
-        now=now,
-        expected_report_data=report_data_for(nonce, digest),
-        challenge_issued_at=challenge_issued_at if challenge_issued_at is not None else now,
-    )
+    bound = report_data_for(nonce, digest)
+    verified: VerifiedSnpReport | VerifiedTdxQuote
+    if evidence.tee == "sev-snp":
+        if not evidence.cert_chain:
+            raise AttestationError(AttestationFailure.BAD_CHAIN, "evidence carries no certificates")
+        certs = [c for blob in evidence.cert_chain for c in load_certificates(blob)]
+        verified = verify_snp_report(
+            evidence.report,
+            SnpCertChain.from_certificates(certs),
+            policy,
+            now=now,
+            expected_report_data=bound,
+            challenge_issued_at=challenge_issued_at if challenge_issued_at is not None else now,
+        )
+    elif evidence.tee == "tdx":
+        verified = _verify_tdx(evidence, policy, bound, now)
+    else:
+        raise AttestationError(AttestationFailure.UNSUPPORTED, f"unsupported TEE {evidence.tee!r}")
+    gpu = _verify_gpus(evidence, policy, verified, now)
     claims = EnclaveClaims.from_bytes(evidence.claims)
+    measured = verified.measurement if isinstance(verified, VerifiedSnpReport) else verified.mr_td
     if claims.measurement_hex and not hmac.compare_digest(
-        claims.measurement_hex.encode(), verified.measurement.hex().encode()
+        claims.measurement_hex.encode(), measured.hex().encode()
     ):
         raise AttestationError(
             AttestationFailure.MEASUREMENT_MISMATCH,
@@ -222,4 +254,59 @@ def verify_enclave(
         evidence=evidence,
         valid_until=valid_until,
         nonce=nonce,
+        gpu=gpu,
+    )
+
+
+def _verify_tdx(
+    evidence: Evidence, policy: AttestationPolicy, bound: bytes, now: datetime
+) -> VerifiedTdxQuote:
+    """An Intel TDX quote, with the collateral the enclave forwarded (Intel-signed)."""
+    if policy.tdx is None:
+        raise AttestationError(
+            AttestationFailure.POLICY, "the policy does not accept Intel TDX enclaves"
+        )
+    if not evidence.collateral:
+        raise AttestationError(
+            AttestationFailure.POLICY,
+            "missing collateral: the enclave sent no Intel PCS collateral",
+        )
+    collateral = TdxCollateral.from_files(evidence.collateral.items())
+    return verify_tdx_quote(
+        evidence.report, collateral, replace(policy.tdx, report_data=bound), now=now
+    )
+
+
+def _verify_gpus(
+    evidence: Evidence,
+    policy: AttestationPolicy,
+    cpu: VerifiedSnpReport | VerifiedTdxQuote,
+    now: datetime,
+) -> VerifiedComposite | None:
+    """GPUs are accepted only bound to the verified CPU TEE's REPORT_DATA, in one verdict."""
+    requirement = policy.gpu
+    if not evidence.gpus:
+        if requirement is not None and requirement.required:
+            raise AttestationError(
+                AttestationFailure.POLICY, "the policy requires a confidential GPU; none presented"
+            )
+        return None
+    if requirement is None:
+        raise AttestationError(
+            AttestationFailure.POLICY,
+            "the enclave presents GPU evidence but the policy has no GPU reference values",
+        )
+    parsed = [(SpdmEvidence.from_bytes(spdm), chain) for spdm, chain in evidence.gpus]
+    rim_ids = sorted({rim_id for ev, _ in parsed for rim_id in ev.rim_ids})
+    rims = [
+        verify_rim(requirement.rim_store.get(rim_id), now=now, root=requirement.rim_root)
+        for rim_id in rim_ids
+    ]
+    return verify_composite(
+        cpu,
+        parsed,
+        rims=rims,
+        now=now,
+        device_root=requirement.device_root,
+        revocation=requirement.revocation,
     )

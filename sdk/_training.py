@@ -205,5 +205,5 @@ def verify_training_record(
         dataset_sha256=str(record["dataset_sha256"]),
         epsilon=float(record["epsilon"]),
         delta=float(record["delta"]),
-        insecure_root=enclave.report.insecure_root,
+        insecure_root=enclave.insecure_root,
     )

@@ -25,7 +25,7 @@ from sdk._client import Client
 from sdk._core import TlsOptions
 from sdk._errors import ConfigError, VeilError
 from sdk._protocol import Suite
-from sdk.attest_cli import add_verify_parser
+from sdk.attest_cli import add_verify_parser, snp_json
 from sdk.attestation._policy import AttestationPolicy
 from sdk.attestation._snp_verify import VerifiedSnpReport
 
@@ -108,33 +108,22 @@ def client_from_args(args: argparse.Namespace, *, need_key: bool = True) -> Clie
     )
 
 
-def _report_json(report: VerifiedSnpReport) -> dict[str, Any]:
-    tcb = report.reported_tcb
-    return {
-        "tee": report.tee,
-        "product": report.product.value,
-        "measurement": report.measurement.hex(),
-        "report_data": report.report_data.hex(),
-        "host_data": report.host_data.hex(),
-        "chip_id": report.chip_id.hex(),
-        "reported_tcb": {
-            "bootloader": tcb.bootloader,
-            "tee": tcb.tee,
-            "snp": tcb.snp,
-            "microcode": tcb.microcode,
-            "fmc": tcb.fmc,
-        },
-        "vmpl": report.vmpl,
-        "guest_policy": hex(report.policy),
-        "report_version": report.version,
-        "root_fingerprint": report.root_fingerprint,
-        "insecure_root": report.insecure_root,
-        "verified_at": report.verified_at.isoformat(),
-    }
-
-
 def _attested_json(enclave: AttestedEnclave) -> dict[str, Any]:
-    doc = _report_json(enclave.report)
+    report = enclave.report
+    if isinstance(report, VerifiedSnpReport):
+        doc = snp_json(report)
+    else:
+        doc = {
+            "tee": "tdx",
+            "measurement": report.mr_td.hex(),
+            "rtmrs": [r.hex() for r in report.rtmrs],
+            "mr_seam": report.mr_seam.hex(),
+            "tcb_status": report.tcb_status.value,
+            "report_data": report.report_data.hex(),
+            "verified_at": report.verified_at.isoformat(),
+        }
+    if enclave.gpu is not None:
+        doc["gpus"] = len(enclave.gpu.gpus)
     doc.update(
         verified=True,
         key_id=enclave.key_id,
@@ -151,9 +140,12 @@ def _cmd_attest(args: argparse.Namespace) -> int:
         print(json.dumps(_attested_json(enclave), indent=2))
     else:
         report = enclave.report
-        print(f"verified {report.tee} enclave ({report.product.value}, TCB {report.reported_tcb})")
+        if isinstance(report, VerifiedSnpReport):
+            print(f"verified sev-snp enclave ({report.product.value}, TCB {report.reported_tcb})")
+        else:
+            print(f"verified tdx enclave (TCB {report.tcb_status.value})")
         print(f"measurement {enclave.measurement}")
-        if report.insecure_root:
+        if enclave.insecure_root:
             print("WARNING: verified under a test root, not AMD's: no hardware guarantee")
     return EXIT_OK
 

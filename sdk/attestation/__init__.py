@@ -4,7 +4,8 @@ SEV-SNP lives here; Intel TDX and NVIDIA GPU verifiers live in the ``tdx`` and `
 subpackages.
 """
 
-from sdk.attestation._policy import AttestationPolicy
+from sdk.attestation._composite import VerifiedComposite
+from sdk.attestation._policy import AttestationPolicy, GpuRequirement
 from sdk.attestation._policy_file import (
     GpuPolicy,
     PolicyFile,
@@ -20,6 +21,7 @@ from sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_
 __all__ = [
     "AttestationPolicy",
     "GpuPolicy",
+    "GpuRequirement",
     "PolicyFile",
     "Product",
     "Release",
@@ -27,6 +29,7 @@ __all__ = [
     "SnpReport",
     "TcbVersion",
     "TrustRoot",
+    "VerifiedComposite",
     "VerifiedSnpReport",
     "amd_roots",
     "load_policy",

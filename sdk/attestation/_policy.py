@@ -7,11 +7,28 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from cryptography import x509
+
 from sdk._errors import ConfigError
 from sdk.attestation._roots import TrustRoot, amd_roots
 from sdk.attestation._snp_report import TcbVersion
+from sdk.attestation.nvidia import RevocationSource, RimStore
+from sdk.attestation.tdx import TdxPolicy
 
-__all__ = ["AttestationPolicy"]
+__all__ = ["AttestationPolicy", "GpuRequirement"]
+
+
+@dataclass(frozen=True)
+class GpuRequirement:
+    """What a confidential GPU must prove: measurements equal to NVIDIA's signed reference
+    values (RIMs, from ``rim_store``), under the pinned device and RIM roots (NVIDIA's by
+    default). ``required``: refuse an enclave that presents no GPU."""
+
+    rim_store: RimStore
+    required: bool = True
+    device_root: x509.Certificate | None = None
+    rim_root: x509.Certificate | None = None
+    revocation: RevocationSource | None = None
 
 
 def _measurements(values: Iterable[bytes | str]) -> frozenset[bytes]:
@@ -40,6 +57,8 @@ class AttestationPolicy:
     allowed_vmpls: frozenset[int] = frozenset({0, 1, 2, 3})
     max_evidence_age: timedelta = timedelta(minutes=5)
     require_key_binding: bool = True
+    tdx: TdxPolicy | None = None  # set to accept Intel TDX enclaves (roots, TCB, MRTD, …)
+    gpu: GpuRequirement | None = None  # set to accept (or require) confidential GPUs
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:

@@ -13,16 +13,35 @@ class AttestationRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class AttestationEvidence(_message.Message):
-    __slots__ = ("tee", "report", "cert_chain", "claims")
+    __slots__ = ("tee", "report", "cert_chain", "claims", "gpus", "collateral")
+    class CollateralEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     TEE_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     CERT_CHAIN_FIELD_NUMBER: _ClassVar[int]
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    COLLATERAL_FIELD_NUMBER: _ClassVar[int]
     tee: str
     report: bytes
     cert_chain: _containers.RepeatedScalarFieldContainer[bytes]
     claims: bytes
-    def __init__(self, tee: _Optional[str] = ..., report: _Optional[bytes] = ..., cert_chain: _Optional[_Iterable[bytes]] = ..., claims: _Optional[bytes] = ...) -> None: ...
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuEvidence]
+    collateral: _containers.ScalarMap[str, bytes]
+    def __init__(self, tee: _Optional[str] = ..., report: _Optional[bytes] = ..., cert_chain: _Optional[_Iterable[bytes]] = ..., claims: _Optional[bytes] = ..., gpus: _Optional[_Iterable[_Union[GpuEvidence, _Mapping]]] = ..., collateral: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class GpuEvidence(_message.Message):
+    __slots__ = ("spdm", "cert_chain_pem")
+    SPDM_FIELD_NUMBER: _ClassVar[int]
+    CERT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    spdm: bytes
+    cert_chain_pem: bytes
+    def __init__(self, spdm: _Optional[bytes] = ..., cert_chain_pem: _Optional[bytes] = ...) -> None: ...
 
 class EnclaveClaims(_message.Message):
     __slots__ = ("protocol_version", "key_id", "keys", "issued_at_ms", "expires_at_ms", "measurement_hex", "audit_log_key", "audit_log_origin")
