@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from enclave._enclave import Enclave, Handled
+from enclave._enclave import Enclave, Handled, UploadSession
 from enclave._gateway import OpenedRequest
 from enclave._status import grpc_errors, grpc_stream_errors
 from protos.veil.v1 import (
@@ -77,6 +77,30 @@ class _Servicer:
             raise
         return self._enclave.respond(opened, handled, event=event, origin=origin)
 
+    def _upload(
+        self,
+        request_iterator: Iterator[models_pb2.UploadMessage],
+        context: grpc.ServicerContext,
+        method: Method,
+        event: EventType,
+        begin: Callable[[OpenedRequest], UploadSession],
+        finish: Callable[[UploadSession], Handled],
+    ) -> common_pb2.SealedResponse:
+        """A chunked upload: a sealed header first, then encrypted chunks in order."""
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise ProtocolError("upload must start with a sealed header")
+
+        def upload(opened: OpenedRequest) -> Handled:
+            session = begin(opened)
+            for message in request_iterator:
+                if message.WhichOneof("kind") != "chunk":
+                    raise ProtocolError("only chunks may follow the upload header")
+                self._enclave.add_chunk(session, message.chunk)
+            return finish(session)
+
+        return self._sealed(first.header, context, method, event, upload)
+
 
 class AttestationServicer(_Servicer, attestation_pb2_grpc.AttestationServiceServicer):
     @grpc_errors
@@ -91,20 +115,13 @@ class ModelServicer(_Servicer, models_pb2_grpc.ModelServiceServicer):
     def UploadModel(
         self, request_iterator: Iterator[models_pb2.UploadMessage], context: grpc.ServicerContext
     ) -> common_pb2.SealedResponse:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "header":
-            raise ProtocolError("upload must start with a sealed header")
-
-        def upload(opened: OpenedRequest) -> Handled:
-            session = self._enclave.begin_upload(opened)
-            for message in request_iterator:
-                if message.WhichOneof("kind") != "chunk":
-                    raise ProtocolError("only chunks may follow the upload header")
-                self._enclave.add_chunk(session, message.chunk)
-            return self._enclave.finish_upload(session)
-
-        return self._sealed(
-            first.header, context, Method.UPLOAD_MODEL, EventType.MODEL_REGISTERED, upload
+        return self._upload(
+            request_iterator,
+            context,
+            Method.UPLOAD_MODEL,
+            EventType.MODEL_REGISTERED,
+            self._enclave.begin_upload,
+            self._enclave.finish_upload,
         )
 
     @grpc_errors
@@ -187,20 +204,13 @@ class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
     def UploadDataset(
         self, request_iterator: Iterator[models_pb2.UploadMessage], context: grpc.ServicerContext
     ) -> common_pb2.SealedResponse:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "header":
-            raise ProtocolError("upload must start with a sealed header")
-
-        def upload(opened: OpenedRequest) -> Handled:
-            session = self._enclave.begin_dataset_upload(opened)
-            for message in request_iterator:
-                if message.WhichOneof("kind") != "chunk":
-                    raise ProtocolError("only chunks may follow the upload header")
-                self._enclave.add_chunk(session, message.chunk)
-            return self._enclave.finish_dataset_upload(session)
-
-        return self._sealed(
-            first.header, context, Method.UPLOAD_DATASET, EventType.DATASET_UPLOADED, upload
+        return self._upload(
+            request_iterator,
+            context,
+            Method.UPLOAD_DATASET,
+            EventType.DATASET_UPLOADED,
+            self._enclave.begin_dataset_upload,
+            self._enclave.finish_dataset_upload,
         )
 
     @grpc_errors

@@ -113,7 +113,10 @@ def main() -> int:
                 probs = out["default_probability"][:, 0]
                 print("4. sealed inference result (probability of default):")
                 for row, p in zip(applicants, probs, strict=True):
-                    print(f"   applicant {np.round(row, 2).tolist()} -> {p:.3f}")
+                    shown = ", ".join(
+                        f"{name}={v:+.1f}" for name, v in zip(FEATURES, row, strict=True)
+                    )
+                    print(f"   applicant ({shown}) -> {p:.3f}")
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=30)

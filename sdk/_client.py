@@ -283,22 +283,41 @@ class Client(_Base):
 
         return self._sealed(run)
 
+    def _stream_upload(
+        self,
+        size: int,
+        label: str,
+        prepare: Callable[
+            [AttestedEnclave, Callable[[int], object]],
+            tuple[SealedCall, Iterator[models_pb2.UploadMessage]],
+        ],
+        stub: Callable[..., common_pb2.SealedResponse],
+        response: M,
+    ) -> M:
+        """Seal a header, stream encrypted chunks (with a progress bar), open the answer."""
+
+        def run(enclave: AttestedEnclave) -> M:
+            with self._bar(size, label) as bar:
+                sealed, messages = prepare(enclave, bar.update)
+                try:
+                    answer = stub(messages, timeout=self._timeout)
+                except grpc.RpcError as exc:
+                    raise remote_error(exc) from exc
+            return self._core.open(enclave, sealed, answer, type(response)())
+
+        return self._sealed(run)
+
     def upload_model(self, model: ModelSource, name: str) -> ModelInfo:
         """Encrypt and stream an ONNX model to the enclave; return the registered version."""
         data = _read_model(model)
-
-        def run(enclave: AttestedEnclave) -> ModelInfo:
-            with self._bar(len(data), name) as bar:
-                sealed, messages = self._core.upload(enclave, data, name, bar.update)
-                try:
-                    answer = self._models.UploadModel(messages, timeout=self._timeout)
-                except grpc.RpcError as exc:
-                    raise remote_error(exc) from exc
-            return ModelInfo.from_proto(
-                self._core.open(enclave, sealed, answer, models_pb2.ModelInfo())
-            )
-
-        return self._sealed(run)
+        info = self._stream_upload(
+            len(data),
+            name,
+            lambda enclave, progress: self._core.upload(enclave, data, name, progress),
+            self._models.UploadModel,
+            models_pb2.ModelInfo(),
+        )
+        return ModelInfo.from_proto(info)
 
     def list_models(self) -> list[ModelInfo]:
         """This tenant's registered models, every version."""
@@ -462,21 +481,16 @@ class Client(_Base):
         """Encrypt and stream a dataset (.npz with x and y, CSV or Parquet) to the enclave."""
         raw = _read_model(data)
         fmt = self._dataset_format(data, format)
-
-        def run(enclave: AttestedEnclave) -> DatasetInfo:
-            with self._bar(len(raw), "dataset") as bar:
-                sealed, messages = self._core.upload_dataset(
-                    enclave, raw, fmt, label_column, bar.update
-                )
-                try:
-                    answer = self._training.UploadDataset(messages, timeout=self._timeout)
-                except grpc.RpcError as exc:
-                    raise remote_error(exc) from exc
-            return DatasetInfo.from_proto(
-                self._core.open(enclave, sealed, answer, training_pb2.DatasetInfo())
-            )
-
-        return self._sealed(run)
+        info = self._stream_upload(
+            len(raw),
+            "dataset",
+            lambda enclave, progress: self._core.upload_dataset(
+                enclave, raw, fmt, label_column, progress
+            ),
+            self._training.UploadDataset,
+            training_pb2.DatasetInfo(),
+        )
+        return DatasetInfo.from_proto(info)
 
     def budget(self, dataset: str | DatasetInfo) -> BudgetInfo:
         """The privacy budget of a dataset: what it had, what is spent, what is left."""

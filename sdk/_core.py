@@ -191,7 +191,7 @@ class ClientCore:
     # -- models ---------------------------------------------------------------------------
 
     def upload(
-        self, enclave: AttestedEnclave, data: bytes, name: str, on_chunk: Callable[[int], None]
+        self, enclave: AttestedEnclave, data: bytes, name: str, on_chunk: Callable[[int], object]
     ) -> tuple[SealedCall, Iterator[models_pb2.UploadMessage]]:
         """A model upload: sealed header (with a fresh model key), then encrypted chunks."""
         key = self.random(MODEL_KEY_LEN)
@@ -206,7 +206,7 @@ class ClientCore:
         data: bytes,
         fmt: str,
         label_column: str,
-        on_chunk: Callable[[int], None],
+        on_chunk: Callable[[int], object],
     ) -> tuple[SealedCall, Iterator[models_pb2.UploadMessage]]:
         """A dataset upload: the same framing as models, with a DatasetHeader."""
         key = self.random(MODEL_KEY_LEN)
@@ -226,7 +226,7 @@ class ClientCore:
         header: Message,
         key: bytes,
         data: bytes,
-        on_chunk: Callable[[int], None],
+        on_chunk: Callable[[int], object],
     ) -> tuple[SealedCall, Iterator[models_pb2.UploadMessage]]:
         call = self.seal(enclave, method, header)
         model_key = key
