@@ -12,7 +12,7 @@ raises a subclass of :class:`VeilError`.
 """
 
 from sdk._attested import AttestedEnclave, EnclaveClaims, Evidence, verify_enclave
-from sdk._client import AsyncClient, Client
+from sdk._client import AsyncClient, Client, TrainingJob
 from sdk._core import TlsOptions
 from sdk._errors import (
     AttestationError,
@@ -27,10 +27,19 @@ from sdk._errors import (
     VeilError,
     WatermarkError,
 )
-from sdk._models import ModelInfo, TensorInfo
+from sdk._models import ModelInfo, TensorInfo, WatermarkCheck, WatermarkEmbedding
 from sdk._protocol import Suite
+from sdk._training import (
+    BudgetInfo,
+    DatasetInfo,
+    TrainingOutcome,
+    TrainingProgress,
+    VerifiedTrainingRecord,
+    verify_training_record,
+)
 from sdk.attestation import (
     AttestationPolicy,
+    GpuRequirement,
     Product,
     SnpCertChain,
     SnpReport,
@@ -47,11 +56,14 @@ __all__ = [
     "AttestationPolicy",
     "AttestedEnclave",
     "AuditLogError",
+    "BudgetInfo",
     "Client",
     "ConfigError",
+    "DatasetInfo",
     "DecryptionError",
     "EnclaveClaims",
     "Evidence",
+    "GpuRequirement",
     "InsecureModeWarning",
     "ModelInfo",
     "PrivacyBudgetExceeded",
@@ -64,10 +76,17 @@ __all__ = [
     "TcbVersion",
     "TensorInfo",
     "TlsOptions",
+    "TrainingJob",
+    "TrainingOutcome",
+    "TrainingProgress",
     "TrustRoot",
     "VeilError",
     "VerifiedSnpReport",
+    "VerifiedTrainingRecord",
+    "WatermarkCheck",
+    "WatermarkEmbedding",
     "WatermarkError",
     "verify_enclave",
     "verify_snp_report",
+    "verify_training_record",
 ]
