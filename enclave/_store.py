@@ -84,7 +84,8 @@ class ModelStore:
         self._root = root
         self._storage_key = storage_key
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._cache: dict[tuple[str, str], dict[int, ModelRecord]] = {}
         root.mkdir(parents=True, exist_ok=True)
         self._sweep_orphans()
 
@@ -132,6 +133,7 @@ class ModelStore:
             blob = seal_blob(self._storage_key(tenant), data, self._aad(tenant, name, version))
             write_atomic(folder / f"v{version}.onnx.enc", blob)
             write_atomic(folder / f"v{version}.json", record.to_json())
+            self._cache.pop((tenant, name), None)
             return record
 
     def records(self, tenant: str) -> list[ModelRecord]:
@@ -140,19 +142,31 @@ class ModelStore:
         ]
         return sorted(records, key=lambda r: (r.name, r.version))
 
+    def _versions(self, tenant: str, name: str) -> dict[int, ModelRecord]:
+        """The live versions of a model, read from disk once and then kept current."""
+        key = (tenant, name)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is None:
+                cached = {
+                    int(p.stem[1:]): ModelRecord.from_json(p.read_bytes())
+                    for p in self._dir(tenant, name).glob("v*.json")
+                    if p.stem[1:].isdigit()
+                }
+                self._cache[key] = cached
+            return cached
+
     def resolve(self, tenant: str, ref: str) -> ModelRecord:
         name, version = parse_ref(ref)
-        folder = self._dir(tenant, name)
+        versions = self._versions(tenant, name)
         if version is None:
-            versions = [int(p.stem[1:]) for p in folder.glob("v*.json") if p.stem[1:].isdigit()]
             if not versions:
                 raise NotFound(f"model {name!r} not found")
             version = max(versions)
-        meta = folder / f"v{version}.json"
-        try:
-            return ModelRecord.from_json(meta.read_bytes())
-        except FileNotFoundError as exc:
-            raise NotFound(f"model {name}@{version} not found") from exc
+        record = versions.get(version)
+        if record is None:
+            raise NotFound(f"model {name}@{version} not found")
+        return record
 
     def load(self, record: ModelRecord) -> bytes:
         """Decrypt a stored model (in memory only) and check its digest."""
@@ -181,5 +195,6 @@ class ModelStore:
             for r in records:
                 os.replace(folder / f"v{r.version}.json", folder / f"v{r.version}.deleted")
                 (folder / f"v{r.version}.onnx.enc").unlink(missing_ok=True)
+            self._cache.pop((tenant, name), None)
             fsync_dir(folder)
             return records
