@@ -1,16 +1,30 @@
-"""Book-keeping ghost clipping for stacks of ``nn.Linear`` and parameter-free layers.
+"""Book-keeping ghost clipping for stacks of ``Conv2d``, ``Linear`` and parameter-free layers.
 
 For a linear layer on a (batch, features) input, sample i's weight gradient is the outer product
 ``g_i a_i^T`` of its output gradient and its input, so its squared norm is
-``|g_i|^2 (|a_i|^2 + 1)`` (the ``+ 1`` is the bias). One backward pass to the layer *outputs*
-gives every ``g``; the per-sample norms, the clipping factors ``c_i = min(1, C / (|grad_i| +
-1e-6))`` (Opacus' flat clipping) and the clipped gradient sum ``(c * G)^T A`` then cost one
-matmul per layer. Opacus' ghost clipping computes the same sum with a second backward pass; this
-"book-keeping" variant (Bu et al., 2023) skips it. The clipped sum is handed to Opacus'
-``DPOptimizerFastGradientClipping``, which adds the noise, scales and steps the accountant.
+``|g_i|^2 (|a_i|^2 + 1)`` (the ``+ 1`` is the bias). A convolution is a linear layer applied at
+every output position t to the unfolded input patch: sample i's weight gradient is
+``G_i U_i^T`` with ``G_i`` (out_channels x T) its output gradient and ``U_i``
+(in_channels*kh*kw x T) its unfolded input, and its bias gradient is ``G_i 1``. Its squared norm
+is either ``|G_i U_i^T|^2`` (materialising the small per-sample weight gradient) or, without
+materialising it, ``<G_i^T G_i, U_i^T U_i>`` (ghost norm, Li et al. 2022); each layer takes the
+cheaper of the two for its shapes. A materialised layer's clipped sum is ``sum_i c_i (G_i U_i^T)``;
+a ghost-norm layer's is the convolution's own weight-gradient kernel applied to the scaled output
+gradients ``c_i G_i``. Image activations are kept channels-last (NHWC), where CPU pooling is
+several times faster and the patches gather contiguous channel runs.
+
+One backward pass to the layer *outputs* gives every ``g``; the per-sample norms, the clipping
+factors ``c_i = min(1, C / (|grad_i| + 1e-6))`` (Opacus' flat clipping) and the clipped gradient
+sum ``sum_i c_i g_i a_i^T`` then cost a few matmuls per layer (no per-sample gradient of a
+large layer is ever materialised). Opacus' ghost clipping computes
+the same sum with a second backward pass; this "book-keeping" variant (Bu et al., 2023) skips it.
+The clipped sum is handed to a ``DPOptimizerFastGradientClipping``, which adds the noise, scales
+and steps the accountant.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from torch import nn
@@ -20,23 +34,76 @@ from sdk._errors import ConfigError
 
 __all__ = ["BookKeepingClipper", "supports_bookkeeping"]
 
-_PARAMETER_FREE = (nn.Flatten, nn.ReLU, nn.Tanh, nn.GELU, nn.ELU, nn.SiLU, nn.Identity)
+_PARAMETER_FREE = (
+    nn.Flatten,
+    nn.ReLU,
+    nn.Tanh,
+    nn.GELU,
+    nn.ELU,
+    nn.SiLU,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+)
+
+
+def _plain_conv(layer: nn.Conv2d) -> bool:
+    """A convolution ``F.unfold`` reproduces: zero padding given as integers, one group, bias."""
+    return (
+        layer.bias is not None
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+    )
 
 
 def supports_bookkeeping(module: nn.Module) -> bool:
-    """True for an ``nn.Sequential`` of ``nn.Linear`` (with bias) and parameter-free layers
-    whose first layer flattens its input (so every linear layer sees (batch, features))."""
+    """True for an ``nn.Sequential`` of ``Conv2d`` layers (with bias, one group, integer zero
+    padding), then an ``nn.Flatten``, then ``nn.Linear`` layers (with bias), with parameter-free
+    layers anywhere in between. Every linear layer thus sees (batch, features); with no
+    convolution the first layer must be the ``Flatten``."""
     if not isinstance(module, nn.Sequential) or not len(module):
         return False
-    if not isinstance(module[0], nn.Flatten):
-        return False
-    for layer in module:
-        if isinstance(layer, nn.Linear):
-            if layer.bias is None:
+    flattened = convolved = False
+    for i, layer in enumerate(module):
+        if isinstance(layer, nn.Flatten):
+            if flattened or (i > 0 and not convolved):
                 return False
+            flattened = True
+        elif isinstance(layer, nn.Linear):
+            if not flattened or layer.bias is None:
+                return False
+        elif isinstance(layer, nn.Conv2d):
+            if flattened or not _plain_conv(layer):
+                return False
+            convolved = True
         elif not isinstance(layer, _PARAMETER_FREE):
             return False
-    return True
+    return flattened
+
+
+def _patches(layer: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """The input patches every output position of ``layer`` sees: (B, Ho*Wo, kh*kw*C), each
+    patch in (kh, kw, C) order, gathered from the zero-padded NHWC input."""
+    ph, pw = cast(tuple[int, int], layer.padding)  # ints (see _plain_conv)
+    sh, sw = layer.stride
+    dh, dw = layer.dilation
+    kh, kw = layer.kernel_size
+    nhwc = F.pad(a.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()
+    b, hp, wp, c = nhwc.shape
+    ho = (hp - dh * (kh - 1) - 1) // sh + 1
+    wo = (wp - dw * (kw - 1) - 1) // sw + 1
+    if c < 8:  # short channel runs: one slice per kernel offset, concatenated, is faster
+        hs, ws = sh * (ho - 1) + 1, sw * (wo - 1) + 1
+        shifted = [
+            nhwc[:, i * dh : i * dh + hs : sh, j * dw : j * dw + ws : sw, :]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        return torch.cat(shifted, dim=3).view(b, ho * wo, kh * kw * c)
+    s0, s1, s2, _ = nhwc.stride()
+    view = nhwc.as_strided((b, ho, wo, kh, kw, c), (s0, sh * s1, sw * s2, dh * s1, dw * s2, 1))
+    return view.reshape(b, ho * wo, kh * kw * c)
 
 
 class BookKeepingClipper:
@@ -44,33 +111,98 @@ class BookKeepingClipper:
 
     def __init__(self, module: nn.Module, max_grad_norm: float) -> None:
         if not isinstance(module, nn.Sequential) or not supports_bookkeeping(module):
-            raise ConfigError("book-keeping clipping needs Linear and parameter-free layers only")
+            raise ConfigError(
+                "book-keeping clipping needs Conv2d, then Linear, and parameter-free layers only"
+            )
         self._module = module
-        self._linears = [m for m in module if isinstance(m, nn.Linear)]
+        self._layers = [m for m in module if isinstance(m, nn.Linear | nn.Conv2d)]
         self._max_grad_norm = max_grad_norm
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Set each parameter's ``grad`` to the sum over the batch of clipped per-sample
         gradients and return the mean loss (detached; NaN for an empty batch)."""
+        if x.shape[0] == 0:
+            for layer_ in self._layers:
+                for p in layer_.parameters():
+                    p.grad = torch.zeros_like(p)
+            return torch.tensor(float("nan"))
         inputs: list[torch.Tensor] = []
         outputs: list[torch.Tensor] = []
         h = x
+        if x.dim() == 4:
+            # NHWC: convolutions and pooling are faster, and patches gather contiguous channels.
+            h = x.contiguous(memory_format=torch.channels_last)
         for layer in self._module:
             if isinstance(layer, nn.Linear):
                 inputs.append(h.detach())
                 h = layer(h)
                 outputs.append(h)
+            elif isinstance(layer, nn.Conv2d):
+                inputs.append(h.detach())
+                h = layer(h)
+                outputs.append(h)
+                # Keep activations NHWC (a 1-channel input leaves the output NCHW).
+                h = h.contiguous(memory_format=torch.channels_last)
+            elif isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
+                # Pooling NCHW is several times slower than NHWC on CPU (torch 2.13).
+                h = layer(h.contiguous(memory_format=torch.channels_last))
             else:
                 h = layer(h)
         losses = F.cross_entropy(h, y, reduction="none")
         grads = torch.autograd.grad(losses.sum(), outputs)
-        sq_norms = torch.zeros(x.shape[0], dtype=h.dtype)
-        for a, g in zip(inputs, grads, strict=True):
-            sq_norms += g.square().sum(dim=1) * (a.square().sum(dim=1) + 1.0)
+        batch = x.shape[0]
+        sq_norms = torch.zeros(batch, dtype=h.dtype)
+        # Per layer: (output grads, input activations, per-sample weight grads if materialised).
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        for layer, a, g in zip(self._layers, inputs, grads, strict=True):
+            if isinstance(layer, nn.Linear):
+                sq_norms += g.square().sum(dim=1) * (a.square().sum(dim=1) + 1.0)
+                parts.append((g, a, None))
+                continue
+            patches = _patches(layer, a)  # (B, T, K), K in (kh, kw, C) order
+            gg = g.reshape(batch, g.shape[1], -1)  # (B, Cout, T)
+            cout, t, k = gg.shape[1], patches.shape[1], patches.shape[2]
+            sq_norms += gg.sum(dim=2).square().sum(dim=1)  # bias
+            if t * (cout + k) < cout * k:  # ghost norm is cheaper than materialising
+                ggt = torch.bmm(gg.transpose(1, 2), gg)  # (B, T, T)
+                uut = torch.bmm(patches, patches.transpose(1, 2))
+                sq_norms += (ggt * uut).sum(dim=(1, 2))
+                parts.append((g, a, None))
+            else:
+                per_sample = torch.bmm(gg, patches)  # (B, Cout, K)
+                sq_norms += per_sample.square().sum(dim=(1, 2))
+                parts.append((gg, a, per_sample))
         factor = (self._max_grad_norm / (sq_norms.sqrt() + 1e-6)).clamp(max=1.0)
-        for layer, a, g in zip(self._linears, inputs, grads, strict=True):
-            scaled = g * factor[:, None]
-            layer.weight.grad = scaled.T @ a
+        for layer, (g, a, materialised) in zip(self._layers, parts, strict=True):
             assert layer.bias is not None
-            layer.bias.grad = scaled.sum(dim=0)
+            if isinstance(layer, nn.Linear):
+                scaled = g * factor[:, None]
+                layer.weight.grad = scaled.T @ a
+                layer.bias.grad = scaled.sum(dim=0)
+                continue
+            if materialised is not None:
+                cout, cin, kh, kw = layer.weight.shape
+                flat = torch.mv(materialised.flatten(1).T, factor)
+                weight = flat.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
+                bias = torch.mv(g.sum(dim=2).T, factor)
+            else:
+                scaled = g * factor[:, None, None, None]  # (B, Cout, Ho, Wo)
+                # The weight gradient of a batch whose output gradient is ``scaled``: the
+                # clipped sum, by the convolution's own backward kernel (torch.nn.grad).
+                weight = torch.ops.aten.convolution_backward(
+                    scaled,
+                    a,
+                    layer.weight,
+                    None,
+                    layer.stride,
+                    layer.padding,
+                    layer.dilation,
+                    False,
+                    [0],
+                    1,
+                    (False, True, False),
+                )[1]
+                bias = scaled.sum(dim=(0, 2, 3))
+            layer.weight.grad = weight.contiguous()
+            layer.bias.grad = bias
         return losses.detach().mean()

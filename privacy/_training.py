@@ -29,6 +29,7 @@ from sdk._errors import ConfigError, VeilError
 from ._accounting import AccountantKind, compute_epsilon, find_noise_multiplier
 from ._bookkeeping import BookKeepingClipper, supports_bookkeeping
 from ._datasets import Dataset
+from ._dpoptim import FusedNoiseOptimizer
 from ._export import export_onnx
 from ._models import ModelSpec, build_model
 from ._noise import NoiseMode, NoiseSource
@@ -50,12 +51,12 @@ __all__ = [
 # Per-sample-gradient modes that train correctly under Poisson sampling. Opacus 1.6's expanded
 # weights ("ew") raise on the empty batches Poisson sampling produces ("Batch size must be
 # positive"), and so does "functorch" on convolutions; they are not offered (resp. refused).
-# "bk" is our book-keeping ghost clipping for Linear stacks (see _bookkeeping.py).
+# "bk" is our book-keeping ghost clipping for Conv2d/Linear stacks (see _bookkeeping.py).
 GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch", "ghost")
 
 # Fastest correct mode per built-in model on CPU, measured with bench/bench_privacy.py
 # (--modes prints every mode's samples/s so the choice can be re-checked on new hardware).
-_FASTEST_MODE = {"logreg": "bk", "mlp": "bk", "cnn": "hooks"}
+_FASTEST_MODE = {"logreg": "bk", "mlp": "bk", "cnn": "bk"}
 
 
 class TrainingAborted(VeilError):
@@ -255,8 +256,9 @@ def plan_training(num_rows: int, config: TrainingConfig) -> TrainingPlan:
 
 def choose_grad_sample_mode(spec: ModelSpec) -> str:
     """The per-sample-gradient mode measured fastest on CPU for this built-in model."""
-    if spec.kind == "mlp" and spec.norm != "none":
-        return "ghost"  # GroupNorm has parameters: book-keeping does not cover it
+    if spec.norm != "none":
+        # GroupNorm has parameters: book-keeping does not cover it
+        return "ghost" if spec.kind == "mlp" else "hooks"
     return _FASTEST_MODE[spec.kind]
 
 
@@ -302,6 +304,21 @@ class _PoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]
             self._noise.before_sampling()
             mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
             yield self._shard[mask]
+
+
+class _Batches:
+    """The sampler's Poisson batches gathered straight from the row tensors: what the
+    ``DataLoader`` over ``_Rows`` yields, without its per-batch machinery (used by ``bk``)."""
+
+    def __init__(self, rows: _Rows, sampler: _PoissonSampler) -> None:
+        self._rows, self._sampler = rows, sampler
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in self._sampler:
+            yield self._rows.__getitems__(idx)
 
 
 def _world() -> tuple[int, int]:
@@ -382,7 +399,7 @@ def train(
     if mode == "functorch" and spec.kind == "cnn":
         raise ConfigError(
             "grad_sample_mode 'functorch' fails on empty Poisson batches of "
-            "convolutions; use hooks or ghost for the cnn"
+            "convolutions; use bk, hooks or ghost for the cnn"
         )
 
     with torch.random.fork_rng(devices=[]):  # seed initialisation without touching global RNG
@@ -397,8 +414,9 @@ def train(
         steps=plan.steps_per_epoch,
         noise=noise,
     )
+    rows = _Rows(x, y)
     loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
-        _Rows(x, y), batch_sampler=sampler, collate_fn=_as_batch
+        rows, batch_sampler=sampler, collate_fn=_as_batch
     )
 
     module: nn.Module = DPDDP(net) if world > 1 else net
@@ -417,13 +435,14 @@ def train(
     if mode == "bk":
         if not supports_bookkeeping(net):
             raise ConfigError(
-                "grad_sample_mode 'bk' needs a model of Linear and parameter-free layers"
+                "grad_sample_mode 'bk' needs a model of Conv2d, Linear and parameter-free layers"
             )
         # What make_private would build for ghost clipping, with our clipper instead of its
         # two-pass criterion: the fast-gradient-clipping optimizer adds noise (rank 0 only
-        # under DDP), scales by the expected batch size and steps Opacus' accountant.
+        # under DDP), scales by the expected batch size and steps Opacus' accountant. In one
+        # process it is our FusedNoiseOptimizer (same arithmetic, fused noise, no copies).
         expected_batch: float = int(dataset.num_rows * plan.sample_rate)
-        opt_cls: type[DPOptimizerFastGradientClipping] = DPOptimizerFastGradientClipping
+        opt_cls: type[DPOptimizerFastGradientClipping] = FusedNoiseOptimizer
         if world > 1:
             expected_batch /= world
             opt_cls = DistributedDPOptimizerFastGradientClipping
@@ -439,7 +458,7 @@ def train(
             engine.accountant.get_optimizer_hook_fn(sample_rate=1.0 / len(loader))
         )
         step_fn = BookKeepingClipper(net, config.max_grad_norm)
-        dp_loader = loader
+        dp_loader = _Batches(rows, sampler)
         dp_model: nn.Module = module
     else:
         with warnings.catch_warnings():

@@ -21,6 +21,7 @@ from privacy import (
     train,
 )
 from privacy._bookkeeping import BookKeepingClipper, supports_bookkeeping
+from privacy._dpoptim import FusedNoiseOptimizer, secure_flat_noise
 from sdk._errors import ConfigError, InsecureModeWarning
 
 torch.set_num_threads(1)
@@ -49,12 +50,16 @@ def reference_clipped_sum(
     [
         ModelSpec("logreg", (64,), 10),
         ModelSpec("mlp", (64,), 10, hidden=(32, 16), activation="tanh"),
+        # Built-in CNN: the 1-channel layer materialises per-sample weight gradients, the
+        # 16-channel layer takes the ghost-norm route.
+        ModelSpec("cnn", (1, 8, 8), 10, channels=(16, 32)),
+        ModelSpec("cnn", (1, 8, 8), 10, channels=(4, 8, 8), activation="tanh"),
     ],
 )
 def test_clipped_sum_matches_per_sample_autograd(spec: ModelSpec) -> None:
     torch.manual_seed(0)
     model = build_model(spec)
-    x, y = X[:40], Y[:40]
+    x, y = X[:40].reshape(-1, *spec.input_shape), Y[:40]
     clip = 0.3  # some samples are clipped, some are not
     loss = BookKeepingClipper(model, clip)(x, y)
     ref = reference_clipped_sum(model, x, y, clip)
@@ -66,17 +71,48 @@ def test_clipped_sum_matches_per_sample_autograd(spec: ModelSpec) -> None:
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
-def test_empty_batch_gives_zero_gradients() -> None:
-    model = build_model(ModelSpec("mlp", (64,), 10))
-    BookKeepingClipper(model, 1.0)(X[:0], Y[:0])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 5, 3, stride=2, padding=1),
+        nn.Conv2d(3, 4, (3, 2), dilation=(2, 1), padding=(2, 0)),
+        nn.Conv2d(9, 6, 2),  # no padding, 9 channels (strided patch gather)
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),  # ghost-norm route, strided
+        nn.Conv2d(16, 32, 3, dilation=2, padding=2),  # ghost-norm route, dilated
+    ],
+)
+def test_convolution_geometry_matches_per_sample_autograd(conv: nn.Conv2d) -> None:
+    torch.manual_seed(1)
+    size = 9 if conv.stride[0] > 1 or conv.in_channels < 16 else 5
+    x = torch.randn(12, conv.in_channels, size, size)
+    y = torch.randint(0, 4, (12,))
+    model = nn.Sequential(conv, nn.Tanh(), nn.MaxPool2d(2), nn.Flatten())
+    model.append(nn.Linear(model(x).shape[1], 4))
+    assert supports_bookkeeping(model)
+    BookKeepingClipper(model, 0.5)(x, y)
+    ref = reference_clipped_sum(model, x, y, 0.5)
+    for p, r in zip(model.parameters(), ref, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, r, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_empty_batch_gives_zero_gradients(kind: str) -> None:
+    spec = ModelSpec(kind, (64,) if kind == "mlp" else (1, 8, 8), 10)
+    model = build_model(spec)
+    loss = BookKeepingClipper(model, 1.0)(X[:0].reshape(0, *spec.input_shape), Y[:0])
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    assert torch.isnan(loss)
 
 
-def test_bookkeeping_training_matches_opacus_hooks_training() -> None:
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec("mlp", (64,), 10, hidden=(16,)), ModelSpec("cnn", (1, 8, 8), 10, channels=(4, 8))],
+)
+def test_bookkeeping_training_matches_opacus_hooks_training(spec: ModelSpec) -> None:
     """Same seeds, same Poisson batches, same noise stream: only the per-sample-gradient
     machinery differs, so the trained models agree to float rounding."""
     ds = Dataset.from_arrays(X[:300].numpy(), Y[:300].numpy(), sha256="44" * 32)
-    spec = ModelSpec("mlp", (64,), 10, hidden=(16,))
     params = []
     for mode in ("bk", "hooks"):
         cfg = TrainingConfig(
@@ -98,13 +134,69 @@ def test_bookkeeping_training_matches_opacus_hooks_training() -> None:
 
 def test_supported_models_and_auto_choice() -> None:
     assert supports_bookkeeping(build_model(ModelSpec("mlp", (64,), 10)))
-    assert not supports_bookkeeping(build_model(ModelSpec("cnn", (1, 8, 8), 10)))
+    assert supports_bookkeeping(build_model(ModelSpec("cnn", (1, 8, 8), 10)))
     assert not supports_bookkeeping(build_model(ModelSpec("mlp", (64,), 10, norm="group")))
+    assert not supports_bookkeeping(build_model(ModelSpec("cnn", (1, 8, 8), 10, norm="batch")))
     assert not supports_bookkeeping(nn.Sequential(nn.Linear(4, 2)))  # no flatten first
     assert not supports_bookkeeping(nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False)))
+    conv = nn.Conv2d(1, 2, 3)
+    assert not supports_bookkeeping(nn.Sequential(nn.Flatten(), conv))  # conv after flatten
+    assert not supports_bookkeeping(nn.Sequential(conv, nn.Linear(4, 2)))  # never flattened
+    for bad in (
+        nn.Conv2d(1, 2, 3, bias=False),
+        nn.Conv2d(2, 2, 3, groups=2),
+        nn.Conv2d(1, 2, 3, padding="same"),
+        nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+    ):
+        assert not supports_bookkeeping(nn.Sequential(bad, nn.Flatten(), nn.Linear(4, 2)))
     assert choose_grad_sample_mode(ModelSpec("mlp", (64,), 10)) == "bk"
     assert choose_grad_sample_mode(ModelSpec("logreg", (64,), 10)) == "bk"
     assert choose_grad_sample_mode(ModelSpec("mlp", (64,), 10, norm="batch")) == "ghost"
-    assert choose_grad_sample_mode(ModelSpec("cnn", (1, 8, 8), 10)) == "hooks"
-    with pytest.raises(ConfigError, match="Linear and parameter-free"):
-        BookKeepingClipper(build_model(ModelSpec("cnn", (1, 8, 8), 10)), 1.0)
+    assert choose_grad_sample_mode(ModelSpec("cnn", (1, 8, 8), 10)) == "bk"
+    assert choose_grad_sample_mode(ModelSpec("cnn", (1, 8, 8), 10, norm="group")) == "hooks"
+    with pytest.raises(ConfigError, match="Conv2d, then Linear"):
+        BookKeepingClipper(build_model(ModelSpec("cnn", (1, 8, 8), 10, norm="group")), 1.0)
+
+
+def test_secure_flat_noise_is_gaussian_with_the_given_std() -> None:
+    gen = torch.Generator()
+    gen.manual_seed(3)
+    noise = secure_flat_noise(2.5, 200_000, gen)
+    assert noise.shape == (200_000,)
+    assert abs(float(noise.mean())) < 0.03
+    assert float(noise.std()) == pytest.approx(2.5, rel=0.01)
+    # Excess kurtosis of a Gaussian is 0 (a sum of four uniforms, say, would give -0.3).
+    z = (noise - noise.mean()) / noise.std()
+    assert abs(float((z**4).mean()) - 3.0) < 0.1
+
+
+def test_fused_optimizer_adds_noise_once_and_scales_like_opacus() -> None:
+    """p.grad after a step is (clipped sum + N(0, (sigma C)^2)) / expected batch, the noise
+    drawn in one flat secure draw; the accountant hook runs once per step."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("mlp", (64,), 10, hidden=(8,)))
+    params = list(model.parameters())
+    gen = torch.Generator()
+    opt = FusedNoiseOptimizer(
+        torch.optim.SGD(params, lr=0.0),
+        noise_multiplier=1.3,
+        max_grad_norm=0.7,
+        expected_batch_size=25,
+        loss_reduction="mean",
+        generator=gen,
+    )
+    opt.secure_mode = True
+    steps: list[int] = []
+    opt.attach_step_hook(lambda _opt: steps.append(1))
+    opt.zero_grad(set_to_none=True)
+    BookKeepingClipper(model, 0.7)(X[:30], Y[:30])
+    clipped = [p.grad.clone() for p in params if p.grad is not None]
+    gen.manual_seed(11)
+    opt.step()
+    gen.manual_seed(11)
+    flat = secure_flat_noise(1.3 * 0.7, sum(p.numel() for p in params), gen)
+    noise = torch.split(flat, [p.numel() for p in params])
+    for p, c, n in zip(params, clipped, noise, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, (c + n.view_as(p)) / 25, atol=1e-6, rtol=1e-5)
+    assert steps == [1]

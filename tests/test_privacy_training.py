@@ -136,7 +136,7 @@ def test_target_epsilon_is_met_and_cnn_learns_digits() -> None:
     )
     result = quiet_train(TRAIN, SPECS["cnn"], cfg)
     assert 0.95 * 8.0 <= result.record.epsilon <= 8.0
-    assert result.record.grad_sample_mode == "hooks"
+    assert result.record.grad_sample_mode == "bk"
     assert evaluate_accuracy(result.model, TEST, (1, 8, 8)) > 0.7
 
 
@@ -206,7 +206,7 @@ def test_every_offered_mode_trains_the_mlp() -> None:
         (ModelSpec("logreg", (32,), 10), fast(), "model expects shape"),
         (ModelSpec("logreg", (64,), 5), fast(), "10 classes but the model outputs 5"),
         (SPECS["cnn"], fast(grad_sample_mode="functorch"), "functorch"),
-        (SPECS["cnn"], fast(grad_sample_mode="bk"), "'bk' needs a model of Linear"),
+        (SPECS["cnn-batchnorm"], fast(grad_sample_mode="bk"), "'bk' needs a model of Conv2d"),
     ],
 )
 def test_mismatched_jobs_are_refused(spec: ModelSpec, cfg: TrainingConfig, match: str) -> None:
