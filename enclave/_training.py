@@ -19,7 +19,7 @@ import rfc8785
 from enclave._datasets import DatasetRecord, DatasetStore
 from enclave._errors import InvalidInput
 from protos.veil.v1 import training_pb2
-from sdk._errors import ConfigError
+from sdk._errors import ConfigError, PrivacyBudgetExceeded
 from sdk.audit import EventType, Outcome
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ class TrainingDesk:
         from enclave._onnx import validate_onnx
         from privacy import (
             AccountantKind,
+            Charge,
             ModelSpec,
             NoiseMode,
             ProgressEvent,
@@ -148,7 +149,7 @@ class TrainingDesk:
             TrainingConfig,
             load_dataset,
             plan_training,
-            train,
+            train_with_budget,
         )
 
         enclave = self._enclave
@@ -194,17 +195,18 @@ class TrainingDesk:
             },
             **common,
         )
-        charge = self.ledger.charge(tenant, dataset.sha256, plan, job_id=job_id)
-        enclave.record(
-            EventType.TRAINING_CHARGED,
-            resource=resource,
-            details={
-                "job": job_id,
-                "epsilon": repr(charge.epsilon),
-                "delta": repr(charge.delta),
-            },
-            **common,
-        )
+
+        def charged(charge: Charge) -> None:
+            enclave.record(
+                EventType.TRAINING_CHARGED,
+                resource=resource,
+                details={
+                    "job": job_id,
+                    "epsilon": repr(charge.epsilon),
+                    "delta": repr(charge.delta),
+                },
+                **common,
+            )
 
         def progress(event: ProgressEvent) -> None:
             emit(
@@ -217,40 +219,37 @@ class TrainingDesk:
                 )
             )
 
-        try:
-            result = train(
+        def failed(error: str) -> None:
+            enclave.record(
+                EventType.TRAINING_FINISHED,
+                outcome=Outcome.FAILURE,
+                resource=resource,
+                details={"job": job_id, "error": error},
+                **common,
+            )
+
+        try:  # charge (refused here when over budget), train, settle: privacy's one call
+            result = train_with_budget(
+                self.ledger,
+                tenant,
                 dataset,
                 spec,
                 config,
+                job_id=job_id,
                 plan=plan,
+                on_charge=charged,
                 progress=progress,
                 progress_every=max(1, plan.steps // 50),
             )
+        except PrivacyBudgetExceeded:
+            failed("budget exceeded")
+            raise
         except TrainingAborted as exc:
-            settled = self.ledger.settle(charge.id, steps_started=exc.steps_started)
-            enclave.record(
-                EventType.TRAINING_FINISHED,
-                outcome=Outcome.FAILURE,
-                resource=resource,
-                details={"job": job_id, "epsilon": repr(settled.epsilon), "error": "aborted"},
-                **common,
-            )
+            failed(f"aborted after {exc.steps_started} step(s)")
             raise InvalidInput(f"training stopped after {exc.steps_started} step(s)") from exc
         except Exception as exc:
-            settled = self.ledger.settle(charge.id, steps_started=0)
-            enclave.record(
-                EventType.TRAINING_FINISHED,
-                outcome=Outcome.FAILURE,
-                resource=resource,
-                details={
-                    "job": job_id,
-                    "epsilon": repr(settled.epsilon),
-                    "error": type(exc).__name__,
-                },
-                **common,
-            )
+            failed(type(exc).__name__)
             raise
-        self.ledger.settle(charge.id, steps_started=result.record.steps)
         validated = validate_onnx(
             result.onnx,
             max_bytes=enclave.config.max_model_bytes,

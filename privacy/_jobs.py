@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._datasets import Dataset
-from ._ledger import BudgetLedger
+from ._ledger import BudgetLedger, Charge
 from ._models import ModelSpec
 from ._noise import NoiseSource
 from ._training import (
     ProgressEvent,
     TrainingAborted,
     TrainingConfig,
+    TrainingPlan,
     TrainingResult,
     plan_training,
     train,
@@ -31,13 +32,21 @@ def train_with_budget(
     noise: NoiseSource | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     progress_every: int = 0,
+    plan: TrainingPlan | None = None,
+    on_charge: Callable[[Charge], None] | None = None,
 ) -> TrainingResult:
     """Plan the job, charge its full epsilon to (tenant, dataset digest) BEFORE training, train,
     then settle: a finished job keeps its charge; a job that stopped is refunded only for the
     steps that never started. Raises ``PrivacyBudgetExceeded`` before touching the data if the
-    budget cannot cover the job, and re-raises ``TrainingAborted`` after settling."""
-    plan = plan_training(dataset.num_rows, config)
+    budget cannot cover the job, and re-raises ``TrainingAborted`` after settling.
+
+    ``plan`` is the job's schedule when the caller already fixed it (``plan_training``);
+    ``on_charge`` is told of the charge once it is durable, before training starts."""
+    if plan is None:
+        plan = plan_training(dataset.num_rows, config)
     charge = ledger.charge(tenant, dataset.sha256, plan, job_id=job_id)
+    if on_charge is not None:
+        on_charge(charge)
     try:
         result = train(
             dataset,
