@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
-from enclave._config import SYSTEM_LOG, ServerConfig, ensure_config
+from enclave._config import SYSTEM_LOG, ServerConfig
 from enclave._errors import AuthError, InvalidInput, TooLarge
 from enclave._gateway import Gateway, OpenedRequest
 from enclave._keys import KeyEpoch, KeyRing
@@ -29,7 +29,6 @@ from enclave._watermark import WatermarkDesk
 from enclave.audit import AuditLog, ExportFormat, Signer
 from enclave.tee._base import TeeProvider
 from enclave.tee._nvidia_gpu import GpuEvidenceSource
-from enclave.tee._simulated import SimulatedSnp
 from protos.veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 from sdk._attested import Evidence, from_ms
 from sdk._errors import ProtocolError
@@ -249,12 +248,6 @@ class Enclave:
             key_id=opened.key_id,
             details={"request_sha256": opened.request_digest, "error": type(exc).__name__},
         )
-
-    @classmethod
-    def from_data_dir(cls, data_dir: Path, *, clock: Callable[[], datetime] = _utcnow) -> Enclave:
-        """Load (or create) the data directory's config and simulated TEE, and start."""
-        config, _ = ensure_config(data_dir)
-        return cls(config, SimulatedSnp.load_or_create(data_dir), clock=clock)
 
     # -- keys and attestation -------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +61,3 @@ def from_proto(
         )
     arr = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)
-
-
-def map_to_proto(arrays: Mapping[str, npt.ArrayLike]) -> dict[str, common_pb2.Tensor]:
-    return {name: to_proto(a) for name, a in arrays.items()}
