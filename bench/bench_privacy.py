@@ -164,6 +164,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--modes", action="store_true", help="also time every grad-sample mode")
     ap.add_argument(
+        "--models", default=",".join(SPECS), help="comma-separated subset of " + ",".join(SPECS)
+    )
+    ap.add_argument(
         "--accuracy",
         action="store_true",
         help="instead: test accuracy vs epsilon (1, 3, 8) of the built-in CNN",
@@ -185,7 +188,8 @@ def main() -> None:
         f"{'model':8} {'non-private':>12} {'opacus-def':>12} {'veil-dp':>12} "
         f"{'veil/nonpriv':>13} {'veil/opacus':>12}"
     )
-    for name, spec in SPECS.items():
+    for name in args.models.split(","):
+        spec = SPECS[name]
         veil(spec, ds, 1, args.batch_size)  # warm-up (imports, allocator, first export)
         # Best of --repeats runs each, interleaved, so a burst of load on the shared machine
         # hits all three alike.

@@ -24,6 +24,7 @@ and steps the accountant.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -117,6 +118,10 @@ class BookKeepingClipper:
         self._module = module
         self._layers = [m for m in module if isinstance(m, nn.Linear | nn.Conv2d)]
         self._max_grad_norm = max_grad_norm
+        # Layer by layer: (forward, backward, parametric?). Backward stops at the first
+        # parametric layer: nothing before it has parameters.
+        self._passes = [(*_passes(m), isinstance(m, nn.Linear | nn.Conv2d)) for m in module]
+        self._first = next(i for i, (_, _, param) in enumerate(self._passes) if param)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Set each parameter's ``grad`` to the sum over the batch of clipped per-sample
@@ -126,37 +131,46 @@ class BookKeepingClipper:
                 for p in layer_.parameters():
                     p.grad = torch.zeros_like(p)
             return torch.tensor(float("nan"))
-        inputs: list[torch.Tensor] = []
-        outputs: list[torch.Tensor] = []
+        with torch.no_grad():
+            return self._clipped_sum(x, y)
+
+    def _clipped_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Forward without autograd, keeping what each layer's backward needs.
+        tape: list[_Taped] = []
         h = x
         if x.dim() == 4:
             # NHWC: convolutions and pooling are faster, and patches gather contiguous channels.
             h = x.contiguous(memory_format=torch.channels_last)
-        for layer in self._module:
-            if isinstance(layer, nn.Linear):
-                inputs.append(h.detach())
-                h = layer(h)
-                outputs.append(h)
-            elif isinstance(layer, nn.Conv2d):
-                inputs.append(h.detach())
-                h = layer(h)
-                outputs.append(h)
-                # Keep activations NHWC (a 1-channel input leaves the output NCHW).
-                h = h.contiguous(memory_format=torch.channels_last)
-            elif isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
-                # Pooling NCHW is several times slower than NHWC on CPU (torch 2.13).
-                h = layer(h.contiguous(memory_format=torch.channels_last))
-            else:
-                h = layer(h)
-        losses = F.cross_entropy(h, y, reduction="none")
-        grads = torch.autograd.grad(losses.sum(), outputs)
+        for forward, _, _ in self._passes:
+            tape.append(forward(h))
+            h = tape[-1].output
+        logp = torch.log_softmax(h, dim=1)
+        labels = y[:, None]
+        losses = logp.gather(1, labels).neg_()
+        # Gradient of the summed loss at the logits: softmax minus one-hot, one row per sample.
+        minus_one = torch.full(labels.shape, -1.0, dtype=logp.dtype)
+        g = logp.exp().scatter_add_(1, labels, minus_one)
+        # Backward by hand to every parametric layer's output (no input gradient for the
+        # first one): the same ATen backward kernels autograd would run, without its graph.
+        grads: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        for i in range(len(tape) - 1, self._first - 1, -1):
+            _, backward, param = self._passes[i]
+            if param:
+                grads.append(g)
+                inputs.append(tape[i].input)
+            if i > self._first:
+                g = backward(tape[i], g)
+        grads.reverse()
+        inputs.reverse()
         batch = x.shape[0]
         sq_norms = torch.zeros(batch, dtype=h.dtype)
         # Per layer: (output grads, input activations, per-sample weight grads if materialised).
         parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         for layer, a, g in zip(self._layers, inputs, grads, strict=True):
             if isinstance(layer, nn.Linear):
-                sq_norms += g.square().sum(dim=1) * (a.square().sum(dim=1) + 1.0)
+                g_sq = torch.linalg.vecdot(g, g)
+                sq_norms.addcmul_(g_sq, torch.linalg.vecdot(a, a)).add_(g_sq)  # |a|^2 + 1
                 parts.append((g, a, None))
                 continue
             patches = _patches(layer, a)  # (B, T, K), K in (kh, kw, C) order
@@ -172,12 +186,13 @@ class BookKeepingClipper:
                 per_sample = torch.bmm(gg, patches)  # (B, Cout, K)
                 sq_norms += per_sample.square().sum(dim=(1, 2))
                 parts.append((gg, a, per_sample))
-        factor = (self._max_grad_norm / (sq_norms.sqrt() + 1e-6)).clamp(max=1.0)
+        factor = (self._max_grad_norm / (sq_norms.sqrt_().add_(1e-6))).clamp_(max=1.0)
+        column = factor[:, None]
         for layer, (g, a, materialised) in zip(self._layers, parts, strict=True):
             assert layer.bias is not None
             if isinstance(layer, nn.Linear):
-                scaled = g * factor[:, None]
-                layer.weight.grad = scaled.T @ a
+                scaled = g * column
+                layer.weight.grad = torch.mm(scaled.T, a)
                 layer.bias.grad = scaled.sum(dim=0)
                 continue
             if materialised is not None:
@@ -205,4 +220,138 @@ class BookKeepingClipper:
                 bias = scaled.sum(dim=(0, 2, 3))
             layer.weight.grad = weight.contiguous()
             layer.bias.grad = bias
-        return losses.detach().mean()
+        return losses.mean()
+
+
+class _Taped:
+    """One layer's forward pass as its backward needs it: the input, the output, and for max
+    pooling the argmax indices."""
+
+    __slots__ = ("indices", "input", "output")
+
+    def __init__(
+        self, a: torch.Tensor, out: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> None:
+        self.input, self.output, self.indices = a, out, indices
+
+
+_Forward = Callable[[torch.Tensor], _Taped]
+_Backward = Callable[[_Taped, torch.Tensor], torch.Tensor]
+
+
+def _passes(layer: nn.Module) -> tuple[_Forward, _Backward]:
+    """``layer``'s forward (run under ``torch.no_grad``, keeping what its backward needs) and
+    backward (the gradient at its input from the gradient at its output, by the ATen kernel
+    autograd uses for that layer), bound once so a step pays no dispatch on layer types."""
+    aten = torch.ops.aten
+    if isinstance(layer, nn.Linear):
+        w, b = layer.weight, layer.bias
+        return (lambda a: _Taped(a, F.linear(a, w, b))), (lambda t, g: torch.mm(g, w))
+    if isinstance(layer, nn.Conv2d):
+        conv = layer
+
+        def conv_forward(a: torch.Tensor) -> _Taped:
+            # Keep activations NHWC (a 1-channel input leaves the output NCHW).
+            return _Taped(a, conv(a).contiguous(memory_format=torch.channels_last))
+
+        def conv_backward(t: _Taped, g: torch.Tensor) -> torch.Tensor:
+            return cast(
+                torch.Tensor,
+                aten.convolution_backward(
+                    g,
+                    t.input,
+                    conv.weight,
+                    None,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    False,
+                    [0, 0],
+                    1,
+                    (True, False, False),
+                )[0],
+            )
+
+        return conv_forward, conv_backward
+    if isinstance(layer, nn.MaxPool2d):
+        k, s, p, d = (
+            _pair(v) for v in (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+        )
+        ceil = layer.ceil_mode
+
+        def max_forward(a: torch.Tensor) -> _Taped:
+            # Pooling NCHW is several times slower than NHWC on CPU (torch 2.13).
+            a = a.contiguous(memory_format=torch.channels_last)
+            out, indices = F.max_pool2d(a, k, s, p, d, ceil_mode=ceil, return_indices=True)
+            return _Taped(a, out, indices)
+
+        def max_backward(t: _Taped, g: torch.Tensor) -> torch.Tensor:
+            return cast(
+                torch.Tensor,
+                aten.max_pool2d_with_indices_backward(g, t.input, k, s, p, d, ceil, t.indices),
+            )
+
+        return max_forward, max_backward
+    if isinstance(layer, nn.AvgPool2d):
+        pool = layer
+        k, s, p = (_pair(v) for v in (layer.kernel_size, layer.stride, layer.padding))
+
+        def avg_forward(a: torch.Tensor) -> _Taped:
+            a = a.contiguous(memory_format=torch.channels_last)
+            return _Taped(a, pool(a))
+
+        def avg_backward(t: _Taped, g: torch.Tensor) -> torch.Tensor:
+            return cast(
+                torch.Tensor,
+                aten.avg_pool2d_backward(
+                    g,
+                    t.input,
+                    k,
+                    s,
+                    p,
+                    pool.ceil_mode,
+                    pool.count_include_pad,
+                    pool.divisor_override,
+                ),
+            )
+
+        return avg_forward, avg_backward
+    # Activations in functional form: an ``inplace=True`` module would overwrite the input
+    # its backward reads.
+    if isinstance(layer, nn.ReLU):
+        return (
+            lambda a: _Taped(a, torch.relu(a)),
+            lambda t, g: aten.threshold_backward(g, t.output, 0),
+        )
+    if isinstance(layer, nn.Tanh):
+        return (
+            lambda a: _Taped(a, torch.tanh(a)),
+            lambda t, g: aten.tanh_backward(g, t.output),
+        )
+    if isinstance(layer, nn.GELU):
+        approximate = layer.approximate
+        return (
+            lambda a: _Taped(a, F.gelu(a, approximate=approximate)),
+            lambda t, g: aten.gelu_backward(g, t.input, approximate=approximate),
+        )
+    if isinstance(layer, nn.ELU):
+        alpha = layer.alpha
+        return (
+            lambda a: _Taped(a, F.elu(a, alpha)),
+            lambda t, g: aten.elu_backward(g, alpha, 1, 1, False, t.input),
+        )
+    if isinstance(layer, nn.SiLU):
+        return (
+            lambda a: _Taped(a, F.silu(a)),
+            lambda t, g: aten.silu_backward(g, t.input),
+        )
+    if isinstance(layer, nn.Flatten):
+        flatten = layer
+        return (lambda a: _Taped(a, flatten(a))), (lambda t, g: g.reshape(t.input.shape))
+    if isinstance(layer, nn.Identity):
+        return (lambda a: _Taped(a, a)), (lambda t, g: g)
+    raise ConfigError(f"book-keeping clipping cannot run {type(layer).__name__}")
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (value, value) if isinstance(value, int) else tuple(value)

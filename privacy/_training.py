@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 import tomllib
 import warnings
@@ -29,7 +30,7 @@ from sdk._errors import ConfigError, VeilError
 from ._accounting import AccountantKind, compute_epsilon, find_noise_multiplier
 from ._bookkeeping import BookKeepingClipper, supports_bookkeeping
 from ._datasets import Dataset
-from ._dpoptim import FusedNoiseOptimizer
+from ._dpoptim import FusedNoiseOptimizer, NoiseStream
 from ._export import export_onnx
 from ._models import ModelSpec, build_model
 from ._noise import NoiseMode, NoiseSource
@@ -321,6 +322,14 @@ class _Batches:
             yield self._rows.__getitems__(idx)
 
 
+def _spare_cpu() -> bool:
+    """True when this process may run on more than one CPU (a noise worker can overlap)."""
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except AttributeError:  # not Linux
+        return (os.cpu_count() or 1) > 1
+
+
 def _world() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -432,6 +441,7 @@ def train(
         warnings.simplefilter("ignore", UserWarning)
         engine = PrivacyEngine(accountant=plan.accountant.value, secure_mode=False)
     step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    stream: NoiseStream | None = None
     if mode == "bk":
         if not supports_bookkeeping(net):
             raise ConfigError(
@@ -512,6 +522,10 @@ def train(
 
     steps_started = 0
     loss_value = float("nan")
+    if noise.is_secure and isinstance(dp_opt, FusedNoiseOptimizer):
+        # The stream reseeds before each draw; with a spare CPU it draws the next step's noise
+        # while this step's gradients are computed.
+        stream = dp_opt.use_noise_stream(noise, prefetch=_spare_cpu(), steps=plan.steps)
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -523,7 +537,8 @@ def train(
                     steps_started += 1
                     dp_opt.zero_grad(set_to_none=True)
                     loss = step_fn(xb, yb)
-                    noise.before_noise()
+                    if stream is None:  # Opacus draws: reseed its generator first
+                        noise.before_noise()
                     dp_opt.step()
                     if xb.shape[0]:
                         loss_value = float(loss)
@@ -540,6 +555,9 @@ def train(
             f"training stopped after starting {steps_started} of {plan.steps} steps: {exc}",
             steps_started=steps_started,
         ) from exc
+    finally:
+        if stream is not None:
+            stream.close()
 
     train_seconds = time.perf_counter() - started
     ran = sum(n for _, _, n in engine.accountant.history)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -21,7 +23,8 @@ from privacy import (
     train,
 )
 from privacy._bookkeeping import BookKeepingClipper, supports_bookkeeping
-from privacy._dpoptim import FusedNoiseOptimizer, secure_flat_noise
+from privacy._dpoptim import FusedNoiseOptimizer, NoiseStream, secure_flat_noise
+from privacy._noise import NoiseSource
 from sdk._errors import ConfigError, InsecureModeWarning
 
 torch.set_num_threads(1)
@@ -170,33 +173,87 @@ def test_secure_flat_noise_is_gaussian_with_the_given_std() -> None:
     assert abs(float((z**4).mean()) - 3.0) < 0.1
 
 
-def test_fused_optimizer_adds_noise_once_and_scales_like_opacus() -> None:
+def _counting_entropy() -> Callable[[int], bytes]:
+    """A deterministic stand-in for os.urandom: 1, 2, 3, ... as little-endian bytes."""
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(n, "little")
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_fused_optimizer_adds_noise_once_and_scales_like_opacus(prefetch: bool) -> None:
     """p.grad after a step is (clipped sum + N(0, (sigma C)^2)) / expected batch, the noise
-    drawn in one flat secure draw; the accountant hook runs once per step."""
+    drawn in one flat secure draw right after a reseed; the accountant hook runs once per
+    step. Prefetching changes when the draw happens, not what is drawn."""
     torch.manual_seed(0)
     model = build_model(ModelSpec("mlp", (64,), 10, hidden=(8,)))
     params = list(model.parameters())
-    gen = torch.Generator()
+    source = NoiseSource.secure(entropy=_counting_entropy())  # seeds 1 (sampling), 2 (noise)
     opt = FusedNoiseOptimizer(
         torch.optim.SGD(params, lr=0.0),
         noise_multiplier=1.3,
         max_grad_norm=0.7,
         expected_batch_size=25,
         loss_reduction="mean",
-        generator=gen,
+        generator=source.noise,
     )
-    opt.secure_mode = True
+    stream = opt.use_noise_stream(source, prefetch=prefetch)
     steps: list[int] = []
     opt.attach_step_hook(lambda _opt: steps.append(1))
-    opt.zero_grad(set_to_none=True)
-    BookKeepingClipper(model, 0.7)(X[:30], Y[:30])
-    clipped = [p.grad.clone() for p in params if p.grad is not None]
-    gen.manual_seed(11)
-    opt.step()
-    gen.manual_seed(11)
-    flat = secure_flat_noise(1.3 * 0.7, sum(p.numel() for p in params), gen)
-    noise = torch.split(flat, [p.numel() for p in params])
-    for p, c, n in zip(params, clipped, noise, strict=True):
-        assert p.grad is not None
-        torch.testing.assert_close(p.grad, (c + n.view_as(p)) / 25, atol=1e-6, rtol=1e-5)
-    assert steps == [1]
+    sizes = [p.numel() for p in params]
+    try:
+        for seed in (3, 4):  # each draw reseeds from the next entropy value first
+            opt.zero_grad(set_to_none=True)
+            BookKeepingClipper(model, 0.7)(X[:30], Y[:30])
+            clipped = [p.grad.clone() for p in params if p.grad is not None]
+            opt.step()
+            gen = torch.Generator()
+            gen.manual_seed(seed)
+            flat = secure_flat_noise(1.3 * 0.7, sum(sizes), gen)
+            for p, c, n in zip(params, clipped, torch.split(flat, sizes), strict=True):
+                assert p.grad is not None
+                torch.testing.assert_close(p.grad, (c + n.view_as(p)) / 25, atol=1e-6, rtol=1e-5)
+    finally:
+        stream.close()
+    assert steps == [1, 1]
+
+
+def test_secure_fused_optimizer_refuses_to_step_without_a_noise_stream() -> None:
+    model = build_model(ModelSpec("logreg", (64,), 10))
+    opt = FusedNoiseOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=10,
+        loss_reduction="mean",
+    )
+    opt.secure_mode = True
+    BookKeepingClipper(model, 1.0)(X[:10], Y[:10])
+    with pytest.raises(RuntimeError, match="use_noise_stream"):
+        opt.step()
+    with pytest.raises(ValueError, match="secure noise"):
+        NoiseStream(NoiseSource.fast(1), 1.0, [torch.Size([10])], prefetch=False)
+
+
+def test_noise_stream_prefetches_exactly_the_planned_draws_then_draws_on_demand() -> None:
+    calls: list[int] = []
+
+    def entropy(n: int) -> bytes:
+        calls.append(n)
+        return len(calls).to_bytes(n, "little")
+
+    source = NoiseSource.secure(entropy=entropy)  # two seeds: sampling, noise
+    shapes = [torch.Size([3, 2]), torch.Size([4])]
+    stream = NoiseStream(source, 0.5, shapes, prefetch=True, steps=3)
+    try:
+        draws = [stream.next() for _ in range(3)]
+        assert len(calls) == 2 + 3  # one reseed per planned draw, none beyond
+        extra = stream.next()  # past the plan: drawn on demand, still reseeded first
+        assert len(calls) == 2 + 4
+    finally:
+        stream.close()
+    for seed, noise in zip((3, 4, 5, 6), [*draws, extra], strict=True):
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+        flat = secure_flat_noise(0.5, 10, gen)
+        assert [n.shape for n in noise] == shapes
+        torch.testing.assert_close(torch.cat([n.flatten() for n in noise]), flat)
