@@ -33,7 +33,13 @@ from torch.nn import functional as F
 
 from sdk._errors import ConfigError
 
-__all__ = ["BookKeepingClipper", "supports_bookkeeping"]
+__all__ = ["MATERIALISE_BYTES", "BookKeepingClipper", "supports_bookkeeping"]
+
+# A convolution's per-sample weight gradients (batch x out_channels x in_channels*kh*kw) are
+# materialised when they fit in this many bytes: that is fewer operations than the ghost norm
+# (which must still run the convolution's weight-gradient kernel for the clipped sum), so the
+# ghost norm is only for layers whose per-sample gradients would not fit.
+MATERIALISE_BYTES = 64 * 2**20
 
 _PARAMETER_FREE = (
     nn.Flatten,
@@ -110,7 +116,13 @@ def _patches(layer: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
 class BookKeepingClipper:
     """Computes the clipped per-sample gradient sum of a cross-entropy loss into ``p.grad``."""
 
-    def __init__(self, module: nn.Module, max_grad_norm: float) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        max_grad_norm: float,
+        *,
+        materialise_bytes: int = MATERIALISE_BYTES,
+    ) -> None:
         if not isinstance(module, nn.Sequential) or not supports_bookkeeping(module):
             raise ConfigError(
                 "book-keeping clipping needs Conv2d, then Linear, and parameter-free layers only"
@@ -118,6 +130,7 @@ class BookKeepingClipper:
         self._module = module
         self._layers = [m for m in module if isinstance(m, nn.Linear | nn.Conv2d)]
         self._max_grad_norm = max_grad_norm
+        self._materialise_bytes = materialise_bytes
         # Layer by layer: (forward, backward, parametric?). Backward stops at the first
         # parametric layer: nothing before it has parameters.
         self._passes = [(*_passes(m), isinstance(m, nn.Linear | nn.Conv2d)) for m in module]
@@ -165,41 +178,45 @@ class BookKeepingClipper:
         inputs.reverse()
         batch = x.shape[0]
         sq_norms = torch.zeros(batch, dtype=h.dtype)
-        # Per layer: (output grads, input activations, per-sample weight grads if materialised).
-        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        # Per layer: (output grads, input activations, per-sample bias grads, per-sample weight
+        # grads if materialised).
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+        parts = []
         for layer, a, g in zip(self._layers, inputs, grads, strict=True):
             if isinstance(layer, nn.Linear):
-                g_sq = torch.linalg.vecdot(g, g)
-                sq_norms.addcmul_(g_sq, torch.linalg.vecdot(a, a)).add_(g_sq)  # |a|^2 + 1
-                parts.append((g, a, None))
+                g_sq = _sq_norms(g)
+                sq_norms.addcmul_(g_sq, _sq_norms(a)).add_(g_sq)  # |g|^2 (|a|^2 + 1)
+                parts.append((g, a, None, None))
                 continue
+            gg = g.reshape(batch, g.shape[1], -1)  # (B, Cout, T), a view of the NHWC gradient
+            bias = gg.sum(dim=2)  # (B, Cout)
+            sq_norms += _sq_norms(bias)
             patches = _patches(layer, a)  # (B, T, K), K in (kh, kw, C) order
-            gg = g.reshape(batch, g.shape[1], -1)  # (B, Cout, T)
-            cout, t, k = gg.shape[1], patches.shape[1], patches.shape[2]
-            sq_norms += gg.sum(dim=2).square().sum(dim=1)  # bias
-            if t * (cout + k) < cout * k:  # ghost norm is cheaper than materialising
+            cout, k = gg.shape[1], patches.shape[2]
+            if batch * cout * k * patches.element_size() <= self._materialise_bytes:
+                per_sample = torch.bmm(gg, patches).view(batch, cout * k)
+                sq_norms += _sq_norms(per_sample)
+                parts.append((gg, a, bias, per_sample))
+            else:  # ghost norm: no (B, Cout, K) tensor
                 ggt = torch.bmm(gg.transpose(1, 2), gg)  # (B, T, T)
                 uut = torch.bmm(patches, patches.transpose(1, 2))
                 sq_norms += (ggt * uut).sum(dim=(1, 2))
-                parts.append((g, a, None))
-            else:
-                per_sample = torch.bmm(gg, patches)  # (B, Cout, K)
-                sq_norms += per_sample.square().sum(dim=(1, 2))
-                parts.append((gg, a, per_sample))
+                parts.append((g, a, bias, None))
         factor = (self._max_grad_norm / (sq_norms.sqrt_().add_(1e-6))).clamp_(max=1.0)
         column = factor[:, None]
-        for layer, (g, a, materialised) in zip(self._layers, parts, strict=True):
+        for layer, (g, a, bias_grads, materialised) in zip(self._layers, parts, strict=True):
             assert layer.bias is not None
             if isinstance(layer, nn.Linear):
                 scaled = g * column
                 layer.weight.grad = torch.mm(scaled.T, a)
                 layer.bias.grad = scaled.sum(dim=0)
                 continue
+            assert bias_grads is not None
+            bias = torch.mv(bias_grads.T, factor)
             if materialised is not None:
                 cout, cin, kh, kw = layer.weight.shape
-                flat = torch.mv(materialised.flatten(1).T, factor)
+                flat = torch.mv(materialised.T, factor)
                 weight = flat.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
-                bias = torch.mv(g.sum(dim=2).T, factor)
             else:
                 scaled = g * factor[:, None, None, None]  # (B, Cout, Ho, Wo)
                 # The weight gradient of a batch whose output gradient is ``scaled``: the
@@ -217,7 +234,6 @@ class BookKeepingClipper:
                     1,
                     (False, True, False),
                 )[1]
-                bias = scaled.sum(dim=(0, 2, 3))
             layer.weight.grad = weight.contiguous()
             layer.bias.grad = bias
         return losses.mean()
@@ -351,6 +367,11 @@ def _passes(layer: nn.Module) -> tuple[_Forward, _Backward]:
     if isinstance(layer, nn.Identity):
         return (lambda a: _Taped(a, a)), (lambda t, g: g)
     raise ConfigError(f"book-keeping clipping cannot run {type(layer).__name__}")
+
+
+def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of each row (one reduction, no squared copy of ``rows``)."""
+    return torch.linalg.vector_norm(rows, dim=1).square_()
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:

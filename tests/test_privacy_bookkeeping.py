@@ -22,7 +22,7 @@ from privacy import (
     choose_grad_sample_mode,
     train,
 )
-from privacy._bookkeeping import BookKeepingClipper, supports_bookkeeping
+from privacy._bookkeeping import MATERIALISE_BYTES, BookKeepingClipper, supports_bookkeeping
 from privacy._dpoptim import FusedNoiseOptimizer, NoiseStream, secure_flat_noise
 from privacy._noise import NoiseSource
 from sdk._errors import ConfigError, InsecureModeWarning
@@ -53,18 +53,18 @@ def reference_clipped_sum(
     [
         ModelSpec("logreg", (64,), 10),
         ModelSpec("mlp", (64,), 10, hidden=(32, 16), activation="tanh"),
-        # Built-in CNN: the 1-channel layer materialises per-sample weight gradients, the
-        # 16-channel layer takes the ghost-norm route.
-        ModelSpec("cnn", (1, 8, 8), 10, channels=(16, 32)),
+        ModelSpec("cnn", (1, 8, 8), 10, channels=(16, 32)),  # the built-in CNN
         ModelSpec("cnn", (1, 8, 8), 10, channels=(4, 8, 8), activation="tanh"),
     ],
 )
-def test_clipped_sum_matches_per_sample_autograd(spec: ModelSpec) -> None:
+# Convolutions materialise per-sample weight gradients when they fit, else take the ghost norm.
+@pytest.mark.parametrize("materialise_bytes", [MATERIALISE_BYTES, 0])
+def test_clipped_sum_matches_per_sample_autograd(spec: ModelSpec, materialise_bytes: int) -> None:
     torch.manual_seed(0)
     model = build_model(spec)
     x, y = X[:40].reshape(-1, *spec.input_shape), Y[:40]
     clip = 0.3  # some samples are clipped, some are not
-    loss = BookKeepingClipper(model, clip)(x, y)
+    loss = BookKeepingClipper(model, clip, materialise_bytes=materialise_bytes)(x, y)
     ref = reference_clipped_sum(model, x, y, clip)
     for p, r in zip(model.parameters(), ref, strict=True):
         assert p.grad is not None
@@ -80,11 +80,14 @@ def test_clipped_sum_matches_per_sample_autograd(spec: ModelSpec) -> None:
         nn.Conv2d(3, 5, 3, stride=2, padding=1),
         nn.Conv2d(3, 4, (3, 2), dilation=(2, 1), padding=(2, 0)),
         nn.Conv2d(9, 6, 2),  # no padding, 9 channels (strided patch gather)
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),  # ghost-norm route, strided
-        nn.Conv2d(16, 32, 3, dilation=2, padding=2),  # ghost-norm route, dilated
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.Conv2d(16, 32, 3, dilation=2, padding=2),
     ],
 )
-def test_convolution_geometry_matches_per_sample_autograd(conv: nn.Conv2d) -> None:
+@pytest.mark.parametrize("materialise_bytes", [MATERIALISE_BYTES, 0])
+def test_convolution_geometry_matches_per_sample_autograd(
+    conv: nn.Conv2d, materialise_bytes: int
+) -> None:
     torch.manual_seed(1)
     size = 9 if conv.stride[0] > 1 or conv.in_channels < 16 else 5
     x = torch.randn(12, conv.in_channels, size, size)
@@ -92,7 +95,7 @@ def test_convolution_geometry_matches_per_sample_autograd(conv: nn.Conv2d) -> No
     model = nn.Sequential(conv, nn.Tanh(), nn.MaxPool2d(2), nn.Flatten())
     model.append(nn.Linear(model(x).shape[1], 4))
     assert supports_bookkeeping(model)
-    BookKeepingClipper(model, 0.5)(x, y)
+    BookKeepingClipper(model, 0.5, materialise_bytes=materialise_bytes)(x, y)
     ref = reference_clipped_sum(model, x, y, 0.5)
     for p, r in zip(model.parameters(), ref, strict=True):
         assert p.grad is not None
