@@ -371,7 +371,8 @@ def _passes(layer: nn.Module) -> tuple[_Forward, _Backward]:
 
 def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
     """Squared L2 norm of each row (one reduction, no squared copy of ``rows``)."""
-    return torch.linalg.vector_norm(rows, dim=1).square_()
+    norms: torch.Tensor = torch.linalg.vector_norm(rows, dim=1)
+    return norms.square_()
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
