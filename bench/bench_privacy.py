@@ -7,7 +7,10 @@ expected batch size, one run measures samples/s of
     ``DataLoader`` (Opacus' DPDataLoader, per-row fetch and collate),
   * Veil: ``privacy.train`` (Poisson sampling, secure CSPRNG-reseeded noise, auto grad-sample mode),
 and prints the ratios. All three run in this process with the same ``torch.set_num_threads``
-(``--threads``, checked after every run), on the same tensors, interleaved. For the CNN the
+(``--threads``, checked after every run), on the same tensors, interleaved. Veil draws each
+step's secure noise one step ahead on a worker thread when the process may use two CPUs, so it
+can use a core the other two leave idle: "1-thread veil" is the same run with that worker off
+(everything on the calling thread), for comparison. For the CNN the
 non-private baseline is the faster of NCHW and NHWC (channels-last) activations, since Veil's DP
 path runs NHWC. ``--modes`` also times every grad-sample mode through ``privacy.train``
 (how ``choose_grad_sample_mode`` was decided).
@@ -101,7 +104,14 @@ def opacus_default(
     return x.shape[0] * epochs / (time.perf_counter() - start)
 
 
-def veil(spec: ModelSpec, ds: Dataset, epochs: int, batch: int, mode: str = "auto") -> float:
+def veil(
+    spec: ModelSpec,
+    ds: Dataset,
+    epochs: int,
+    batch: int,
+    mode: str = "auto",
+    prefetch: bool | None = None,
+) -> float:
     cfg = TrainingConfig(
         epochs=epochs,
         batch_size=batch,
@@ -110,7 +120,7 @@ def veil(spec: ModelSpec, ds: Dataset, epochs: int, batch: int, mode: str = "aut
         noise=NoiseMode.SECURE,
         seed=0,
     )
-    result = train(ds, spec, cfg)
+    result = train(ds, spec, cfg, prefetch_noise=prefetch)
     return ds.num_rows * epochs / result.train_seconds
 
 
@@ -186,7 +196,7 @@ def main() -> None:
     )
     print(
         f"{'model':8} {'non-private':>12} {'opacus-def':>12} {'veil-dp':>12} "
-        f"{'veil/nonpriv':>13} {'veil/opacus':>12}"
+        f"{'veil/nonpriv':>13} {'veil/opacus':>12} {'1-thread veil':>14} {'/nonpriv':>9}"
     )
     for name in args.models.split(","):
         spec = SPECS[name]
@@ -196,7 +206,7 @@ def main() -> None:
         # The non-private baseline is the faster of the NCHW and NHWC layouts for image models
         # (Veil's DP path runs NHWC), so a layout gain is not counted as a DP gain.
         layouts = (False, True) if len(spec.input_shape) == 3 else (False,)
-        base = plain = ours = 0.0
+        base = plain = ours = serial = 0.0
         base_by_layout = dict.fromkeys(layouts, 0.0)
         for _ in range(args.repeats):
             for nhwc in layouts:
@@ -204,12 +214,13 @@ def main() -> None:
                 base_by_layout[nhwc] = max(base_by_layout[nhwc], rate)
             plain = max(plain, opacus_default(spec, x, y, args.epochs, args.batch_size))
             ours = max(ours, veil(spec, ds, args.epochs, args.batch_size))
+            serial = max(serial, veil(spec, ds, args.epochs, args.batch_size, prefetch=False))
             if torch.get_num_threads() != args.threads:
                 raise RuntimeError("a run changed torch's thread count; timings not comparable")
         base = max(base_by_layout.values())
         print(
             f"{name:8} {base:12.0f} {plain:12.0f} {ours:12.0f} {ours / base:13.2f} "
-            f"{ours / plain:12.2f}"
+            f"{ours / plain:12.2f} {serial:14.0f} {serial / base:9.2f}"
         )
         if len(layouts) > 1:
             print(

@@ -60,6 +60,12 @@ GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch", "ghost")
 _FASTEST_MODE = {"logreg": "bk", "mlp": "bk", "cnn": "bk"}
 
 
+# Below this many parameters a secure noise draw costs less than handing it between threads
+# (bench/bench_privacy.py on a 2-core CPU: logreg, 650 parameters, ran slower with the noise
+# worker; the CNN, 5k, the same; the MLP, 17k, faster).
+PREFETCH_MIN_PARAMS = 8192
+
+
 class TrainingAborted(VeilError):
     """Training stopped before its last step; ``steps_started`` steps touched the data.
 
@@ -370,6 +376,7 @@ def train(
     noise: NoiseSource | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
     progress_every: int = 0,
+    prefetch_noise: bool | None = None,
 ) -> TrainingResult:
     """Train ``spec`` on ``dataset`` with DP-SGD and return ONNX bytes plus the training record.
 
@@ -379,6 +386,9 @@ def train(
     in Opacus' DPDDP: each rank Poisson-samples its shard of rows at the same rate, noise is added
     on rank 0 only, and the accounting is that of the single-process run.
     ``progress`` is called every ``progress_every`` steps (0: at each epoch end) and at the end.
+    ``prefetch_noise``: draw the next step's secure noise on a worker thread while this step
+    computes (``bk`` mode in one process); default: for models of at least
+    ``PREFETCH_MIN_PARAMS`` parameters when this process may use two CPUs.
     Raises ``TrainingAborted`` (with ``steps_started``) if anything fails mid-run.
     """
     if dataset.num_classes > spec.num_classes:
@@ -525,7 +535,10 @@ def train(
     if noise.is_secure and isinstance(dp_opt, FusedNoiseOptimizer):
         # The stream reseeds before each draw; with a spare CPU it draws the next step's noise
         # while this step's gradients are computed.
-        stream = dp_opt.use_noise_stream(noise, prefetch=_spare_cpu(), steps=plan.steps)
+        if prefetch_noise is None:
+            numel = sum(p.numel() for p in net.parameters())
+            prefetch_noise = numel >= PREFETCH_MIN_PARAMS and _spare_cpu()
+        stream = dp_opt.use_noise_stream(noise, prefetch=prefetch_noise, steps=plan.steps)
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():

@@ -150,17 +150,24 @@ def test_fast_mode_warns_every_run_and_is_reproducible() -> None:
     assert other.model_sha256 != records[0].model_sha256
 
 
-def test_secure_mode_is_silent_and_reseeds_from_entropy_before_every_draw() -> None:
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_secure_mode_is_silent_and_reseeds_from_entropy_before_every_draw(prefetch: bool) -> None:
     calls: list[int] = []
 
-    def entropy(n: int) -> bytes:
+    def entropy(n: int) -> bytes:  # called from the noise worker too (list.append is atomic)
         calls.append(n)
         return np.random.default_rng(len(calls)).bytes(n)
 
     cfg = fast(noise=NoiseMode.SECURE, epochs=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", InsecureModeWarning)
-        result = train(SMALL, SPECS["logreg"], cfg, noise=NoiseSource.secure(entropy))
+        result = train(
+            SMALL,
+            SPECS["logreg"],
+            cfg,
+            noise=NoiseSource.secure(entropy),
+            prefetch_noise=prefetch,
+        )
     steps = result.record.steps
     # two initial seeds, then one reseed before every Poisson draw and every noisy step
     assert len(calls) == 2 + 2 * steps and set(calls) == {8}
