@@ -15,7 +15,7 @@ non-private baseline is the faster of NCHW and NHWC (channels-last) activations,
 path runs NHWC. ``--modes`` also times every grad-sample mode through ``privacy.train``
 (how ``choose_grad_sample_mode`` was decided).
 
-    .venv/bin/python bench/bench_privacy.py [--epochs 8] [--repeats 3] [--batch-size 256] [--modes]
+    .venv/bin/python bench/bench_privacy.py [--epochs 20] [--repeats 5] [--batch-size 256] [--modes]
     .venv/bin/python bench/bench_privacy.py --accuracy   # the table in docs/PRIVACY.md
 """
 
@@ -168,8 +168,8 @@ def accuracy_table(x: np.ndarray, y: np.ndarray, seeds: int = 3) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--modes", action="store_true", help="also time every grad-sample mode")
