@@ -22,6 +22,7 @@ path runs NHWC. ``--modes`` also times every grad-sample mode through ``privacy.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
@@ -166,6 +167,12 @@ def accuracy_table(x: np.ndarray, y: np.ndarray, seeds: int = 3) -> None:
     print(f"| non-private | - | {evaluate_accuracy(model, test_ds, spec.input_shape):.3f} | | |")
 
 
+def _ratio(num: list[float], den: list[float]) -> str:
+    """Median (min-max) of the per-repeat ratios ``num[i] / den[i]``."""
+    ratios = [n / d for n, d in zip(num, den, strict=True)]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=20)
@@ -195,37 +202,41 @@ def main() -> None:
         f"threads={args.threads} repeats={args.repeats} torch={torch.__version__}"
     )
     print(
-        f"{'model':8} {'non-private':>12} {'opacus-def':>12} {'veil-dp':>12} "
-        f"{'veil/nonpriv':>13} {'veil/opacus':>12} {'1-thread veil':>14} {'/nonpriv':>9}"
+        "samples/s: best of the repeats; ratios: median (min-max) over the repeats of the ratio "
+        "within each repeat"
+    )
+    print(
+        f"{'model':8} {'non-private':>12} {'opacus-def':>11} {'veil-dp':>10} "
+        f"{'veil/nonpriv':>18} {'veil/opacus':>12} {'1-thread veil/nonpriv':>22}"
     )
     for name in args.models.split(","):
         spec = SPECS[name]
         veil(spec, ds, 1, args.batch_size)  # warm-up (imports, allocator, first export)
-        # Best of --repeats runs each, interleaved, so a burst of load on the shared machine
-        # hits all three alike.
+        # Each repeat runs all of them back to back, and the ratios are taken within a repeat,
+        # so a slow phase of the shared machine hits both sides of a ratio alike.
         # The non-private baseline is the faster of the NCHW and NHWC layouts for image models
         # (Veil's DP path runs NHWC), so a layout gain is not counted as a DP gain.
         layouts = (False, True) if len(spec.input_shape) == 3 else (False,)
-        base = plain = ours = serial = 0.0
-        base_by_layout = dict.fromkeys(layouts, 0.0)
+        base_by_layout: dict[bool, list[float]] = {nhwc: [] for nhwc in layouts}
+        base, plain, ours, serial = [], [], [], []
         for _ in range(args.repeats):
             for nhwc in layouts:
                 rate = non_private(spec, x, y, args.epochs, args.batch_size, nhwc)
-                base_by_layout[nhwc] = max(base_by_layout[nhwc], rate)
-            plain = max(plain, opacus_default(spec, x, y, args.epochs, args.batch_size))
-            ours = max(ours, veil(spec, ds, args.epochs, args.batch_size))
-            serial = max(serial, veil(spec, ds, args.epochs, args.batch_size, prefetch=False))
+                base_by_layout[nhwc].append(rate)
+            base.append(max(rates[-1] for rates in base_by_layout.values()))
+            plain.append(opacus_default(spec, x, y, args.epochs, args.batch_size))
+            ours.append(veil(spec, ds, args.epochs, args.batch_size))
+            serial.append(veil(spec, ds, args.epochs, args.batch_size, prefetch=False))
             if torch.get_num_threads() != args.threads:
                 raise RuntimeError("a run changed torch's thread count; timings not comparable")
-        base = max(base_by_layout.values())
         print(
-            f"{name:8} {base:12.0f} {plain:12.0f} {ours:12.0f} {ours / base:13.2f} "
-            f"{ours / plain:12.2f} {serial:14.0f} {serial / base:9.2f}"
+            f"{name:8} {max(base):12.0f} {max(plain):11.0f} {max(ours):10.0f} "
+            f"{_ratio(ours, base):>18} {_ratio(ours, plain):>12} {_ratio(serial, base):>22}"
         )
         if len(layouts) > 1:
             print(
-                f"    non-private NCHW {base_by_layout[False]:.0f}, "
-                f"NHWC {base_by_layout[True]:.0f} samples/s (baseline: the faster)"
+                f"    non-private NCHW {max(base_by_layout[False]):.0f}, "
+                f"NHWC {max(base_by_layout[True]):.0f} samples/s (baseline: the faster)"
             )
         if args.modes:
             for mode in GRAD_SAMPLE_MODES:
@@ -235,7 +246,8 @@ def main() -> None:
                     veil(spec, ds, args.epochs, args.batch_size, mode) for _ in range(args.repeats)
                 )
                 print(
-                    f"    mode {mode:10} {rate:12.0f} samples/s  ({rate / base:.2f}x non-private)"
+                    f"    mode {mode:10} {rate:12.0f} samples/s  "
+                    f"({rate / max(base):.2f}x best non-private)"
                 )
 
 
