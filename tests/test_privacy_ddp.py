@@ -38,15 +38,20 @@ from sdk._errors import InsecureModeWarning
 REPO = Path(__file__).resolve().parents[1]
 
 
+MLP = {"kind": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [16]}
+CNN = {"kind": "cnn", "input_shape": [1, 8, 8], "num_classes": 10, "channels": [4, 8]}
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", ["bk", "hooks"])
-def test_two_process_dpddp_matches_single_process(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "model"), [("bk", MLP), ("hooks", MLP), ("bk", CNN)])
+def test_two_process_dpddp_matches_single_process(
+    tmp_path: Path, mode: str, model: dict[str, object]
+) -> None:
     digits = load_digits()
     buf = io.BytesIO()
     np.savez(buf, x=(digits.data[:240] / 16.0).astype(np.float32), y=digits.target[:240])
     data = buf.getvalue()
     (tmp_path / "train.npz").write_bytes(data)
-    model = {"kind": "mlp", "input_shape": [64], "num_classes": 10, "hidden": [16]}
     training = {
         "epochs": 4,
         "batch_size": 240,
@@ -114,7 +119,7 @@ def test_two_process_dpddp_matches_single_process(tmp_path: Path, mode: str) -> 
     assert ddp_record.steps == 4 and ddp_record.sample_rate == 1.0
 
     # Model: equal up to float summation order.
-    x = dataset.features
+    x = dataset.features.reshape(-1, *spec.input_shape)
     ddp_logits = ort.InferenceSession(ddp_onnx, providers=["CPUExecutionProvider"]).run(
         None, {INPUT_NAME: x}
     )[0]

@@ -108,8 +108,8 @@ def test_receipt_must_verify_on_arrival(served: Served) -> None:
     forged = other.sign_note("veil-audit-receipt/v1\n{}\n")
     for receipt, message in (
         ("", "enclave answered without an audit receipt"),
-        ("not a note", ""),
-        (forged, ""),
+        ("not a note", "signed note has no blank line before its signatures"),
+        (forged, r"signed note has no signature by a known key \(known: veil-enclave\)"),
     ):
         sealed = seal_response(
             call.response_key,
