@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # A pinned CPU build of torch: an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: setup test demo bench bench-privacy bench-watermark protos lint typecheck check clean
+.PHONY: setup test fuzz demo bench bench-privacy bench-watermark protos lint typecheck check clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Property and fuzz tests with fresh random examples (make test replays fixed ones).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -p no:cacheprovider \
+		$$(grep -l '^from hypothesis' tests/test_*.py)
 
 demo: $(STAMP)
 	$(PY) -m enclave.demo

@@ -195,7 +195,12 @@ def _read_csv(data: bytes, label_column: str | None) -> _Arrays:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"csv dataset is not UTF-8 text: {exc.reason}") from exc
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    try:
+        # newline="": the csv module handles \r, \n and \r\n itself (RFC 4180).
+        reader = csv.reader(io.StringIO(text, newline=""))
+        rows = [r for r in reader if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise ConfigError(f"csv dataset is malformed: {exc}") from exc
     if not rows:
         raise ConfigError("csv dataset has no rows")
     header: list[str] | None = None

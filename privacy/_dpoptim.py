@@ -51,7 +51,8 @@ class NoiseStream:
     :func:`secure_flat_noise`. With ``prefetch`` the next draw runs on one worker thread as soon
     as the previous one is taken, so it overlaps the next step's gradient computation; the
     worker is then the generator's only user. ``steps``, when known, stops prefetching after
-    that many draws (later ones are drawn on demand). Call :meth:`close` when training ends.
+    that many draws (later ones are drawn on demand). Each draw is multiplied by ``scale`` (on
+    the worker). Call :meth:`close` when training ends.
     """
 
     def __init__(
@@ -62,10 +63,11 @@ class NoiseStream:
         *,
         prefetch: bool,
         steps: int | None = None,
+        scale: float = 1.0,
     ) -> None:
         if not source.is_secure:
             raise ValueError("NoiseStream draws secure noise; fast mode uses Opacus' own draw")
-        self._source, self._std, self._shapes = source, std, shapes
+        self._source, self._std, self._shapes, self._scale = source, std, shapes, scale
         self._sizes = [math.prod(shape) for shape in shapes]
         self._pool = ThreadPoolExecutor(1, "veil-dp-noise") if prefetch else None
         self._next: Future[list[torch.Tensor]] | None = None
@@ -83,6 +85,8 @@ class NoiseStream:
     def _draw(self) -> list[torch.Tensor]:
         self._source.before_noise()
         flat = secure_flat_noise(self._std, sum(self._sizes), self._source.noise)
+        if self._scale != 1.0:
+            flat.mul_(self._scale)
         return [
             n.view(shape)
             for n, shape in zip(torch.split(flat, self._sizes), self._shapes, strict=True)
@@ -112,6 +116,7 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stream: NoiseStream | None = None
+        self._prescaled = False  # add_noise already divided by the expected batch size
 
     @property
     def params(self) -> list[Any]:  # Parameters carrying Opacus' ``summed_grad``
@@ -131,7 +136,10 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc
         std = float(cast(float, multiplier)) * float(self.max_grad_norm)
         self.secure_mode = True
         shapes = [p.shape for p in self._params]
-        self._stream = NoiseStream(source, std, shapes, prefetch=prefetch, steps=steps)
+        # With mean loss reduction the stream draws noise already divided by the expected batch
+        # size, so that add_noise can add the scaled clipped sum to it in one operation.
+        scale = 1.0 / self.expected_batch_size if self.loss_reduction == "mean" else 1.0
+        self._stream = NoiseStream(source, std, shapes, prefetch=prefetch, steps=steps, scale=scale)
         return self._stream
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -160,12 +168,26 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc
             raise RuntimeError("secure mode needs use_noise_stream() before the first step")
         params = self._params
         summed: list[torch.Tensor] = [p.summed_grad for p in params]
+        grads = summed
         if self.noise_multiplier * self.max_grad_norm > 0:
-            torch._foreach_add_(summed, self._stream.next())  # summed_grad is not read again
-        for p, s in zip(params, summed, strict=True):
-            p.grad = s
+            noise = self._stream.next()
+            if self.loss_reduction == "mean":
+                # (sum + noise) / B as noise / B (drawn so) + sum / B, in one operation.
+                iterations = self.accumulated_iterations  # 1 for fast gradient clipping
+                if iterations != 1:
+                    torch._foreach_div_(noise, iterations)
+                divisor = self.expected_batch_size * iterations
+                torch._foreach_add_(noise, summed, alpha=1.0 / divisor)
+                grads, self._prescaled = noise, True
+            else:
+                torch._foreach_add_(summed, noise)  # summed_grad is not read again
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
 
     def scale_grad(self) -> None:
+        if self._prescaled:
+            self._prescaled = False
+            return
         if self.loss_reduction == "mean":
             grads = [p.grad for p in self._params]
             torch._foreach_div_(grads, self.expected_batch_size * self.accumulated_iterations)

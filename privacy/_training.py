@@ -305,12 +305,14 @@ class _PoissonSampler(UniformWithReplacementSampler):  # type: ignore[misc]
         )
         self._shard = shard
         self._noise = noise
+        # One process: the shard is every row, so the sampled positions are the row indices.
+        self._whole = bool(torch.equal(shard, torch.arange(int(shard.shape[0]))))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for _ in range(self.steps):
             self._noise.before_sampling()
             mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
-            yield self._shard[mask]
+            yield mask.nonzero().squeeze_(1) if self._whole else self._shard[mask]
 
 
 class _Batches:

@@ -136,3 +136,13 @@ def test_fuzzed_uploads_raise_only_veil_errors(data: bytes, fmt: str) -> None:
     except VeilError:
         return
     assert ds.num_rows >= 2 and np.isfinite(ds.features).all()
+
+
+def test_csv_line_endings_and_malformed_csv() -> None:
+    # Old Mac line endings are rows, not a parser crash (found by the fuzz test above).
+    ds = load_dataset(b"0.5,1\r0.25,0\r0.75,1\n", "csv")
+    assert ds.num_rows == 3
+    assert ds.features.ravel().tolist() == [0.5, 0.25, 0.75]
+    assert ds.labels.tolist() == [1, 0, 1]
+    with pytest.raises(ConfigError, match=r"csv dataset is malformed: field larger than field"):
+        load_dataset(b'"' + b"1" * 200_000 + b'",0\n1,1\n', "csv")
