@@ -15,7 +15,7 @@ non-private baseline is the faster of NCHW and NHWC (channels-last) activations,
 path runs NHWC. ``--modes`` also times every grad-sample mode through ``privacy.train``
 (how ``choose_grad_sample_mode`` was decided).
 
-    .venv/bin/python bench/bench_privacy.py [--epochs 20] [--repeats 5] [--batch-size 256] [--modes]
+    .venv/bin/python bench/bench_privacy.py [--epochs 4] [--repeats 25] [--batch-size 256] [--modes]
     .venv/bin/python bench/bench_privacy.py --accuracy   # the table in docs/PRIVACY.md
 """
 
@@ -175,8 +175,8 @@ def _ratio(num: list[float], den: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--modes", action="store_true", help="also time every grad-sample mode")
@@ -213,7 +213,10 @@ def main() -> None:
         spec = SPECS[name]
         veil(spec, ds, 1, args.batch_size)  # warm-up (imports, allocator, first export)
         # Each repeat runs all of them back to back, and the ratios are taken within a repeat,
-        # so a slow phase of the shared machine hits both sides of a ratio alike.
+        # so a slow phase of the shared machine hits both sides of a ratio alike. Many short
+        # repeats (default 25 x 4 epochs) rather than a few long ones: this machine's speed
+        # drifts between phases, and the median of paired short runs is stable where a best-of
+        # ratio of long runs is not.
         # The non-private baseline is the faster of the NCHW and NHWC layouts for image models
         # (Veil's DP path runs NHWC), so a layout gain is not counted as a DP gain.
         layouts = (False, True) if len(spec.input_shape) == 3 else (False,)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
 from typing import Any, cast
 
 import torch
@@ -36,23 +37,39 @@ from ._noise import NoiseSource
 __all__ = ["FusedNoiseOptimizer", "NoiseStream", "secure_flat_noise"]
 
 
-def secure_flat_noise(std: float, numel: int, generator: torch.Generator | None) -> torch.Tensor:
+def secure_flat_noise(
+    std: float,
+    numel: int,
+    generator: torch.Generator | None,
+    *,
+    out: torch.Tensor | None = None,
+    scratch: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``numel`` Gaussian values of standard deviation ``std``, each the sum of four independent
-    draws divided by two, after one discarded draw (Opacus' ``secure_mode`` noise, fused)."""
+    draws divided by two, after one discarded draw (Opacus' ``secure_mode`` noise, fused).
+
+    ``out`` (``numel`` values) and ``scratch`` (4 x ``numel``) let a caller reuse memory.
+    """
     torch.normal(mean=0.0, std=std, size=(1, 1), generator=generator)  # discarded, as Opacus
-    draws = torch.normal(mean=0.0, std=std, size=(4, numel), generator=generator)
-    return draws.sum(dim=0).div_(2.0)
+    draws = torch.normal(mean=0.0, std=std, size=(4, numel), generator=generator, out=scratch)
+    return torch.sum(draws, dim=0, out=out).div_(2.0)
+
+
+_STOP = object()
 
 
 class NoiseStream:
-    """Successive steps' flat secure noise from ``source``'s noise generator.
+    """Successive steps' secure noise from ``source``'s noise generator, one tensor per shape.
 
     Every draw is ``source.before_noise()`` (a reseed from the kernel CSPRNG) followed by
-    :func:`secure_flat_noise`. With ``prefetch`` the next draw runs on one worker thread as soon
-    as the previous one is taken, so it overlaps the next step's gradient computation; the
-    worker is then the generator's only user. ``steps``, when known, stops prefetching after
-    that many draws (later ones are drawn on demand). Each draw is multiplied by ``scale`` (on
-    the worker). Call :meth:`close` when training ends.
+    :func:`secure_flat_noise`, multiplied by ``scale``. With ``prefetch`` the next draw runs on
+    a worker thread as soon as the previous one is taken, so it overlaps the next step's
+    gradient computation; the worker is then the generator's only user. ``steps``, when known,
+    stops prefetching after that many draws (later ones are drawn on demand). Call
+    :meth:`close` when training ends.
+
+    Draws reuse three buffers in turn: the tensors :meth:`next` returns stay valid until it has
+    been called twice more (an optimizer step uses them and lets go within one step).
     """
 
     def __init__(
@@ -67,43 +84,74 @@ class NoiseStream:
     ) -> None:
         if not source.is_secure:
             raise ValueError("NoiseStream draws secure noise; fast mode uses Opacus' own draw")
-        self._source, self._std, self._shapes, self._scale = source, std, shapes, scale
-        self._sizes = [math.prod(shape) for shape in shapes]
-        self._pool = ThreadPoolExecutor(1, "veil-dp-noise") if prefetch else None
-        self._next: Future[list[torch.Tensor]] | None = None
+        self._source, self._std, self._scale = source, std, scale
+        sizes = [math.prod(shape) for shape in shapes]
+        numel = sum(sizes)
+        self._scratch = torch.empty(4, numel)
+        self._buffers: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        for _ in range(3):
+            flat = torch.empty(numel)
+            views = [
+                v.view(shape) for v, shape in zip(torch.split(flat, sizes), shapes, strict=True)
+            ]
+            self._buffers.append((flat, views))
+        self._turn = 0
         self._left = steps  # draws still to prefetch (None: unbounded)
-        self._prefetch()
+        self._pending = 0  # draws requested from the worker and not yet taken
+        self._worker: threading.Thread | None = None
+        if prefetch:
+            # C-level queues: handing a draw over takes the GIL only briefly.
+            self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+            self._results: queue.SimpleQueue[list[torch.Tensor] | BaseException]
+            self._results = queue.SimpleQueue()
+            self._worker = threading.Thread(target=self._serve, name="veil-dp-noise", daemon=True)
+            self._worker.start()
+            self._request()
 
-    def _prefetch(self) -> None:
-        if self._pool is None or self._left == 0:
-            self._next = None
+    def _draw(self) -> list[torch.Tensor]:
+        flat, views = self._buffers[self._turn]
+        self._turn = (self._turn + 1) % len(self._buffers)
+        self._source.before_noise()
+        secure_flat_noise(
+            self._std, flat.numel(), self._source.noise, out=flat, scratch=self._scratch
+        )
+        if self._scale != 1.0:
+            flat.mul_(self._scale)
+        return views
+
+    def _serve(self) -> None:
+        while self._requests.get() is not _STOP:
+            try:
+                self._results.put(self._draw())
+            except BaseException as exc:  # handed to the consumer, raised there
+                self._results.put(exc)
+
+    def _request(self) -> None:
+        if self._worker is None or self._left == 0:
             return
         if self._left is not None:
             self._left -= 1
-        self._next = self._pool.submit(self._draw)
-
-    def _draw(self) -> list[torch.Tensor]:
-        self._source.before_noise()
-        flat = secure_flat_noise(self._std, sum(self._sizes), self._source.noise)
-        if self._scale != 1.0:
-            flat.mul_(self._scale)
-        return [
-            n.view(shape)
-            for n, shape in zip(torch.split(flat, self._sizes), self._shapes, strict=True)
-        ]
+        self._pending += 1
+        self._requests.put(True)
 
     def next(self) -> list[torch.Tensor]:
-        """The noise of one optimizer step, one tensor per shape (never handed out twice)."""
-        if self._next is None:
+        """The noise of one optimizer step, one tensor per shape."""
+        if not self._pending:
             return self._draw()
-        noise = self._next.result()
-        self._prefetch()
-        return noise
+        result = self._results.get()
+        self._pending -= 1
+        if isinstance(result, BaseException):
+            raise result
+        self._request()
+        return result
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._next = None
+        """Stop the worker (after the draw it may be making)."""
+        if self._worker is not None:
+            self._requests.put(_STOP)
+            self._worker.join()
+            self._worker = None
+            self._pending = 0
 
 
 class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]

@@ -220,6 +220,34 @@ def test_fused_optimizer_adds_noise_once_and_scales_like_opacus(prefetch: bool) 
     assert steps == [1, 1]
 
 
+def test_noise_stream_reuses_three_buffers_and_reports_worker_errors() -> None:
+    shapes = [torch.Size([5])]
+    stream = NoiseStream(NoiseSource.secure(), 1.0, shapes, prefetch=True, steps=None)
+    try:
+        first = stream.next()[0]
+        kept = first.clone()
+        second = stream.next()[0]
+        assert torch.equal(first, kept)  # still valid after one more draw
+        third = stream.next()[0]
+        fourth = stream.next()[0]  # the fourth draw reuses the first one's memory
+        ptrs = [t.data_ptr() for t in (first, second, third)]
+        assert len(set(ptrs)) == 3 and fourth.data_ptr() == first.data_ptr()
+    finally:
+        stream.close()
+
+    def broken(_n: int) -> bytes:
+        raise OSError("entropy source gone")
+
+    failing = NoiseSource.secure()
+    failing._entropy = broken  # the worker's next reseed fails
+    stream = NoiseStream(failing, 1.0, shapes, prefetch=True, steps=3)
+    try:
+        with pytest.raises(OSError, match="entropy source gone"):
+            stream.next()
+    finally:
+        stream.close()
+
+
 def test_secure_fused_optimizer_refuses_to_step_without_a_noise_stream() -> None:
     model = build_model(ModelSpec("logreg", (64,), 10))
     opt = FusedNoiseOptimizer(
@@ -248,7 +276,8 @@ def test_noise_stream_prefetches_exactly_the_planned_draws_then_draws_on_demand(
     shapes = [torch.Size([3, 2]), torch.Size([4])]
     stream = NoiseStream(source, 0.5, shapes, prefetch=True, steps=3)
     try:
-        draws = [stream.next() for _ in range(3)]
+        # (copies: the stream reuses its buffers once a draw has been used)
+        draws = [[n.clone() for n in stream.next()] for _ in range(3)]
         assert len(calls) == 2 + 3  # one reseed per planned draw, none beyond
         extra = stream.next()  # past the plan: drawn on demand, still reseeded first
         assert len(calls) == 2 + 4
