@@ -1,25 +1,27 @@
-"""Book-keeping ghost clipping for stacks of ``Conv2d``, ``Linear`` and parameter-free layers.
+"""Book-keeping clipping for stacks of ``Conv2d``, ``Linear`` and parameter-free layers.
 
 For a linear layer on a (batch, features) input, sample i's weight gradient is the outer product
 ``g_i a_i^T`` of its output gradient and its input, so its squared norm is
 ``|g_i|^2 (|a_i|^2 + 1)`` (the ``+ 1`` is the bias). A convolution is a linear layer applied at
 every output position t to the unfolded input patch: sample i's weight gradient is
 ``G_i U_i^T`` with ``G_i`` (out_channels x T) its output gradient and ``U_i``
-(in_channels*kh*kw x T) its unfolded input, and its bias gradient is ``G_i 1``. Its squared norm
-is either ``|G_i U_i^T|^2`` (materialising the small per-sample weight gradient) or, without
-materialising it, ``<G_i^T G_i, U_i^T U_i>`` (ghost norm, Li et al. 2022); each layer takes the
-cheaper of the two for its shapes. A materialised layer's clipped sum is ``sum_i c_i (G_i U_i^T)``;
-a ghost-norm layer's is the convolution's own weight-gradient kernel applied to the scaled output
-gradients ``c_i G_i``. Image activations are kept channels-last (NHWC), where CPU pooling is
-several times faster and the patches gather contiguous channel runs.
+(in_channels*kh*kw x T) its unfolded input, and its bias gradient is ``G_i 1``. When the batch's
+per-sample weight gradients fit in ``MATERIALISE_BYTES`` they are materialised (one batched
+matmul): the squared norm is ``|G_i U_i^T|^2`` and the clipped sum ``sum_i c_i (G_i U_i^T)`` a
+matrix-vector product. Otherwise the norm is the ghost norm ``<G_i^T G_i, U_i^T U_i>`` (Li et
+al. 2022) and the clipped sum the convolution's own weight-gradient kernel applied to the scaled
+output gradients ``c_i G_i``. Materialising costs fewer operations whenever memory allows,
+because the ghost route still runs that kernel. Image activations are kept channels-last (NHWC),
+where CPU pooling is several times faster and the patches gather contiguous channel runs.
 
-One backward pass to the layer *outputs* gives every ``g``; the per-sample norms, the clipping
-factors ``c_i = min(1, C / (|grad_i| + 1e-6))`` (Opacus' flat clipping) and the clipped gradient
-sum ``sum_i c_i g_i a_i^T`` then cost a few matmuls per layer (no per-sample gradient of a
-large layer is ever materialised). Opacus' ghost clipping computes
-the same sum with a second backward pass; this "book-keeping" variant (Bu et al., 2023) skips it.
-The clipped sum is handed to a ``DPOptimizerFastGradientClipping``, which adds the noise, scales
-and steps the accountant.
+The forward pass runs without autograd, keeping each layer's input (and max-pooling's argmax);
+the backward pass to every parametric layer's *output* is written out layer by layer with the
+ATen backward kernels autograd itself would call. That gives every ``g``; the per-sample norms,
+the clipping factors ``c_i = min(1, C / (|grad_i| + 1e-6))`` (Opacus' flat clipping) and the
+clipped gradient sum then cost a few matmuls per layer. Opacus' ghost clipping computes the same
+sum with a second backward pass; this "book-keeping" variant (Bu et al., 2023) skips it. The
+clipped sum is handed to a ``DPOptimizerFastGradientClipping``, which adds the noise, scales and
+steps the accountant.
 """
 
 from __future__ import annotations
