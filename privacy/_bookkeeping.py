@@ -223,19 +223,7 @@ class BookKeepingClipper:
                 scaled = g * factor[:, None, None, None]  # (B, Cout, Ho, Wo)
                 # The weight gradient of a batch whose output gradient is ``scaled``: the
                 # clipped sum, by the convolution's own backward kernel (torch.nn.grad).
-                weight = torch.ops.aten.convolution_backward(
-                    scaled,
-                    a,
-                    layer.weight,
-                    None,
-                    layer.stride,
-                    layer.padding,
-                    layer.dilation,
-                    False,
-                    [0],
-                    1,
-                    (False, True, False),
-                )[1]
+                weight = _conv_backward(layer, scaled, a, weight=True)
             layer.weight.grad = weight.contiguous()
             layer.bias.grad = bias
         return losses.mean()
@@ -273,22 +261,7 @@ def _passes(layer: nn.Module) -> tuple[_Forward, _Backward]:
             return _Taped(a, conv(a).contiguous(memory_format=torch.channels_last))
 
         def conv_backward(t: _Taped, g: torch.Tensor) -> torch.Tensor:
-            return cast(
-                torch.Tensor,
-                aten.convolution_backward(
-                    g,
-                    t.input,
-                    conv.weight,
-                    None,
-                    conv.stride,
-                    conv.padding,
-                    conv.dilation,
-                    False,
-                    [0, 0],
-                    1,
-                    (True, False, False),
-                )[0],
-            )
+            return _conv_backward(conv, g, t.input, weight=False)
 
         return conv_forward, conv_backward
     if isinstance(layer, nn.MaxPool2d):
@@ -369,6 +342,27 @@ def _passes(layer: nn.Module) -> tuple[_Forward, _Backward]:
     if isinstance(layer, nn.Identity):
         return (lambda a: _Taped(a, a)), (lambda t, g: g)
     raise ConfigError(f"book-keeping clipping cannot run {type(layer).__name__}")
+
+
+def _conv_backward(
+    conv: nn.Conv2d, grad_out: torch.Tensor, a: torch.Tensor, *, weight: bool
+) -> torch.Tensor:
+    """The convolution's own backward kernel on output gradient ``grad_out`` for input ``a``:
+    the weight gradient (``weight``) or the input gradient."""
+    grads = torch.ops.aten.convolution_backward(
+        grad_out,
+        a,
+        conv.weight,
+        None,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        False,
+        [0, 0],
+        1,
+        (not weight, weight, False),
+    )
+    return cast(torch.Tensor, grads[1 if weight else 0])
 
 
 def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
