@@ -198,7 +198,7 @@ class BookKeepingClipper:
             if batch * cout * k * patches.element_size() <= self._materialise_bytes:
                 per_sample = torch.bmm(gg, patches).view(batch, cout * k)
                 sq_norms += _sq_norms(per_sample)
-                parts.append((gg, a, bias, per_sample))
+                parts.append((g, a, bias, per_sample))
             else:  # ghost norm: no (B, Cout, K) tensor
                 ggt = torch.bmm(gg.transpose(1, 2), gg)  # (B, T, T)
                 uut = torch.bmm(patches, patches.transpose(1, 2))

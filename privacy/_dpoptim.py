@@ -13,8 +13,9 @@ arithmetic with less per-step work:
   (Opacus' floating-point-attack-resistant noise, Holohan & Braghin 2021), each step's draw
   preceded by a reseed from the kernel CSPRNG. With ``prefetch`` the stream draws step t+1's
   noise on a worker thread while step t computes (the noise does not depend on the data);
-* the noise is added and the result divided by the expected batch size with ``torch._foreach``
-  ops over all parameters at once.
+* with mean loss reduction the stream draws the noise already divided by the expected batch
+  size, so adding it and scaling the clipped sum is one ``torch._foreach_add_`` over all
+  parameters (otherwise the noise is added and the sum scaled with ``torch._foreach`` ops).
 
 The noise standard deviation (``noise_multiplier * max_grad_norm``), the scaling, the step hook
 (accountant) and the skip logic are Opacus'. In fast (seeded) mode the noise is Opacus' own
@@ -164,6 +165,7 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stream: NoiseStream | None = None
+        self._noise_std = 0.0  # of the stream's draws, before its scaling
         self._prescaled = False  # add_noise already divided by the expected batch size
 
     @property
@@ -182,6 +184,7 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc
         closes the returned stream."""
         multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
         std = float(cast(float, multiplier)) * float(self.max_grad_norm)
+        self._noise_std = std
         self.secure_mode = True
         shapes = [p.shape for p in self._params]
         # With mean loss reduction the stream draws noise already divided by the expected batch
@@ -202,7 +205,7 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc
                 p.summed_grad = None
 
     def accumulate(self) -> None:
-        for p in self.params:
+        for p in self._params:
             if p.summed_grad is not None:
                 p.summed_grad.add_(p.grad)
             else:
@@ -217,7 +220,7 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc
         params = self._params
         summed: list[torch.Tensor] = [p.summed_grad for p in params]
         grads = summed
-        if self.noise_multiplier * self.max_grad_norm > 0:
+        if self._noise_std > 0:
             noise = self._stream.next()
             if self.loss_reduction == "mean":
                 # (sum + noise) / B as noise / B (drawn so) + sum / B, in one operation.

@@ -23,6 +23,20 @@ from sdk.audit import AuditRecord, EventType
 warnings.filterwarnings("ignore", message="trusting a test root")
 ROWS = 320
 
+# The training record keys issue 5 requires (written out here, not taken from the SDK, so the
+# test checks the SDK against the issue).
+ISSUE_RECORD_KEYS = (
+    "model",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "delta",
+    "epsilon",
+    "accountant",
+    "max_grad_norm",
+    "dataset_sha256",
+)
+
 
 @pytest.fixture(scope="module")
 def digits_npz() -> bytes:
@@ -57,17 +71,7 @@ def test_train_streams_progress_registers_model_and_certifies(
     assert progress[-1].step == progress[-1].total_steps == 5  # ceil(320 / 64) steps, 1 epoch
     assert all(0 < p.epsilon <= 2.0 + 1e-9 for p in progress)
     record = outcome.record
-    for key in (
-        "model",
-        "noise_multiplier",
-        "sample_rate",
-        "steps",
-        "delta",
-        "epsilon",
-        "accountant",
-        "max_grad_norm",
-        "dataset_sha256",
-    ):
+    for key in ISSUE_RECORD_KEYS:
         assert key in record
     assert record["accountant"] == "prv"
     assert record["epsilon"] <= 2.0 + 1e-9
@@ -178,18 +182,8 @@ def test_cli_train_verify_and_budget(served: Served, digits_npz: bytes, tmp_path
     )
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
-    for k in (
-        "model",
-        "noise_multiplier",
-        "sample_rate",
-        "steps",
-        "delta",
-        "epsilon",
-        "accountant",
-        "max_grad_norm",
-        "dataset_sha256",
-    ):
-        assert k in doc
+    for key in ISSUE_RECORD_KEYS:
+        assert key in doc
     assert doc["model"].startswith("mlp[64->16->10")
     record = tmp_path / "record.json"
     record.write_text(run.stdout)
