@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from enclave._files import write_private
+from enclave._limits import Limits
 from sdk._errors import ConfigError
 
 __all__ = ["DEFAULT_TENANT", "SYSTEM_LOG", "ServerConfig", "Tenant", "TlsConfig", "ensure_config"]
@@ -67,6 +68,7 @@ class ServerConfig:
     budget_epsilon: float = 10.0
     budget_delta: float = 1e-5
     tls: TlsConfig | None = None
+    limits: Limits = field(default_factory=Limits)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def canonical(self) -> bytes:
@@ -82,6 +84,7 @@ class ServerConfig:
             f"tls={self._tls_mode()}",
             f"max_dataset_bytes={self.max_dataset_bytes}",
             f"budget={self.budget_epsilon!r},{self.budget_delta!r}",
+            *self.limits.canonical(),
         ]
         for name in sorted(self.tenants):
             lines.append(f"tenant={name}:{self.tenants[name].api_key_sha256.hex()}")
@@ -178,8 +181,11 @@ class ServerConfig:
             budget_epsilon=float(epsilon),
             budget_delta=float(delta),
             tls=tls,
+            limits=Limits.from_dict(doc.get("limits"), source=source),
             extra={
-                k: v for k, v in doc.items() if k not in {"tenants", "server", "tls", "privacy"}
+                k: v
+                for k, v in doc.items()
+                if k not in {"tenants", "server", "tls", "privacy", "limits"}
             },
         )
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from sdk._errors import VeilError
 
-__all__ = ["AuthError", "InvalidInput", "NotFound", "TooLarge"]
+__all__ = [
+    "AuthError",
+    "InvalidInput",
+    "LimitExceeded",
+    "NotFound",
+    "Overloaded",
+    "StorageFull",
+    "TimedOut",
+    "TooLarge",
+]
 
 
 class AuthError(VeilError):
@@ -21,3 +30,19 @@ class InvalidInput(VeilError):
 
 class TooLarge(VeilError):
     """A model, chunk or tensor exceeds the configured limit."""
+
+
+class TimedOut(VeilError):
+    """An inference (or other bounded work) ran past its wall-clock limit and was stopped."""
+
+
+class LimitExceeded(VeilError):
+    """A request needed more memory (or another per-request resource) than its limit allows."""
+
+
+class Overloaded(VeilError):
+    """A concurrency limit is reached (uploads, inferences, streams); retry later."""
+
+
+class StorageFull(VeilError):
+    """The disk is full, or writing would eat into the headroom kept for the audit log."""

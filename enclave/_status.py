@@ -14,7 +14,16 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from enclave._errors import AuthError, InvalidInput, NotFound, TooLarge
+from enclave._errors import (
+    AuthError,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    Overloaded,
+    StorageFull,
+    TimedOut,
+    TooLarge,
+)
 from enclave._keys import UnknownKeyError
 from enclave._replay import ReplayError, StaleRequestError
 from sdk._errors import (
@@ -36,6 +45,10 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (AuthError, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "not-found"),
     (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, "too-large"),
+    (TimedOut, grpc.StatusCode.DEADLINE_EXCEEDED, "timeout"),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, "memory-limit"),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded"),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED, "storage-full"),
     (PrivacyBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, "budget-exhausted"),
     (UnknownKeyError, grpc.StatusCode.FAILED_PRECONDITION, "key-rotated"),
     (StaleRequestError, grpc.StatusCode.FAILED_PRECONDITION, "stale-request"),
@@ -45,7 +58,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (WatermarkError, grpc.StatusCode.INVALID_ARGUMENT, "invalid-input"),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, "malformed"),
     (AttestationError, grpc.StatusCode.FAILED_PRECONDITION, "attestation"),
-    (AuditLogError, grpc.StatusCode.INTERNAL, "audit-log"),
+    (AuditLogError, grpc.StatusCode.UNAVAILABLE, "audit-unavailable"),
 )
 
 
