@@ -137,8 +137,8 @@ def _canon(limits: InferenceLimits) -> str:
 
 
 def _positive(value: Any, where: str, *, float_ok: bool) -> Any:
-    number_types: tuple[type, ...] = (int, float) if float_ok else (int,)
-    if isinstance(value, bool) or not isinstance(value, number_types) or not value > 0:
+    ok = isinstance(value, int | float) if float_ok else isinstance(value, int)
+    if isinstance(value, bool) or not ok or not value > 0:
         kind = "a positive number" if float_ok else "a positive integer"
         raise ConfigError(f"{where} must be {kind}")
     return float(value) if float_ok else value
