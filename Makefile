@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # A pinned CPU build of torch: an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: setup test fuzz demo bench bench-privacy bench-watermark protos lint typecheck check clean
+.PHONY: setup test soak fuzz demo bench bench-privacy bench-watermark protos lint typecheck check clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Reliability suite (docs/RELIABILITY.md): real servers on loopback under load, hostile models,
+# idle streams, a full disk, SIGKILL; about 8 minutes on two cores. Needs root for its tmpfs.
+soak: $(STAMP)
+	$(PY) -m pytest -q -m soak tests/soak
 
 # Property and fuzz tests with fresh random examples (make test replays fixed ones).
 fuzz: $(STAMP)

@@ -2,7 +2,9 @@
 
 Layout under ``DATA_DIR/datasets/<tenant>/``: ``<sha256>.enc`` (AES-256-GCM under the tenant's
 dataset key, AAD = tenant/digest) and ``<sha256>.json`` (format, shape, classes: no content).
-The metadata is written last: a dataset exists only once it is there.
+The metadata is written last: a dataset exists only once it is there. Blobs without metadata are
+removed when the store opens; ``write_atomic`` temporaries (``.<sha256>.enc.*.tmp``) left by a
+crash are removed at enclave start (``enclave._files.remove_temp_files``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from enclave._at_rest import open_blob, seal_blob
+from enclave._disk import disk_full_is_storage_full, ensure_space
 from enclave._errors import InvalidInput, NotFound
 from enclave._files import write_atomic
 from sdk._errors import DecryptionError
@@ -47,9 +50,12 @@ class DatasetRecord:
 
 
 class DatasetStore:
-    def __init__(self, root: Path, *, storage_key: Callable[[str], bytes]) -> None:
+    def __init__(
+        self, root: Path, *, storage_key: Callable[[str], bytes], headroom: int = 0
+    ) -> None:
         self._root = root
         self._storage_key = storage_key
+        self._headroom = headroom
         self._lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
         for blob in root.glob("*/*.enc"):  # an upload interrupted before its metadata landed
@@ -65,12 +71,25 @@ class DatasetStore:
         if hashlib.sha256(data).hexdigest() != record.sha256:
             raise InvalidInput("dataset does not match its digest")
         folder = self._root / record.tenant
+        blob_path, meta_path = folder / f"{record.sha256}.enc", folder / f"{record.sha256}.json"
         with self._lock:
             blob = seal_blob(
                 self._storage_key(record.tenant), data, self._aad(record.tenant, record.sha256)
             )
-            write_atomic(folder / f"{record.sha256}.enc", blob)
-            write_atomic(folder / f"{record.sha256}.json", record.to_json())
+            meta = record.to_json()
+            ensure_space(folder, len(blob) + len(meta), headroom=self._headroom)
+            # The same bytes stored before stay valid whatever happens: a rewritten blob holds
+            # the same plaintext. Only what this call created is removed if it fails.
+            existed = meta_path.exists()
+            try:
+                with disk_full_is_storage_full("the dataset"):
+                    write_atomic(blob_path, blob)
+                    write_atomic(meta_path, meta)
+            except BaseException:
+                if not existed:
+                    meta_path.unlink(missing_ok=True)
+                    blob_path.unlink(missing_ok=True)
+                raise
         return record
 
     def get(self, tenant: str, digest: str) -> tuple[DatasetRecord, bytes]:

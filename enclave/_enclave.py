@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,20 +19,22 @@ from google.protobuf.message import DecodeError, Message
 
 from enclave._config import SYSTEM_LOG, ServerConfig
 from enclave._errors import AuthError, InvalidInput, TooLarge
+from enclave._files import remove_temp_files
 from enclave._gateway import Gateway, OpenedRequest
 from enclave._keys import KeyEpoch, KeyRing
 from enclave._measurement import measure
 from enclave._onnx import InferenceEngine, validate_onnx
 from enclave._replay import ReplayGuard
+from enclave._spool import UploadBuffer, remove_spool_files
 from enclave._store import ModelRecord, ModelStore, parse_ref
 from enclave._training import TrainingDesk
 from enclave._watermark import WatermarkDesk
-from enclave.audit import AuditLog, ExportFormat, Signer
+from enclave.audit import AuditLog, EventTally, ExportFormat, ExportResult, Signer
 from enclave.tee._base import TeeProvider
 from enclave.tee._nvidia_gpu import GpuEvidenceSource
 from protos.veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 from sdk._attested import Evidence, from_ms
-from sdk._errors import ProtocolError
+from sdk._errors import AuditLogError, ProtocolError
 from sdk._protocol import MODEL_KEY_LEN, NONCE_LEN, report_data_for
 from sdk._sealing import decrypt_chunk
 from sdk._tensors import from_proto, to_proto
@@ -44,6 +47,8 @@ log = logging.getLogger("veil.enclave")
 GCM_TAG = 16
 AUDIT_LOG_NAME = "veil-enclave"
 DATASET_FORMATS = ("npz", "csv", "parquet")
+EXPORT_CHUNK_BYTES = 1024 * 1024  # per message of a streamed audit export
+AUDIT_RESERVE_BYTES = 4 * 1024 * 1024  # preallocated for the audit log, released on ENOSPC
 
 
 def _utcnow() -> datetime:
@@ -88,9 +93,13 @@ class UploadSession:
     key: bytes
     size: int
     sha256: bytes
-    buffer: bytearray = field(default_factory=bytearray)
+    buffer: UploadBuffer  # at most limits.upload_memory_bytes in memory, the rest sealed on disk
     next_seq: int = 0
     done: bool = False
+
+    def close(self) -> None:
+        """Drop what arrived (its spill file included); idempotent."""
+        self.buffer.close()
 
 
 class Enclave:
@@ -112,12 +121,28 @@ class Enclave:
         self._tdx_collateral = dict(tdx_collateral or {})
         self.clock = clock
         self.measurement = measure(config)
+        # What a crash leaves: spooled uploads, write_atomic temporaries (never the only copy).
+        stale = remove_spool_files(config.data_dir) + sum(
+            remove_temp_files(config.data_dir / part) for part in ("models", "datasets")
+        )
+        if stale:
+            log.info("removed %d temporary file(s) left by an earlier run", stale)
         self.audit = AuditLog(
             config.data_dir / "audit",
             Signer.generate(AUDIT_LOG_NAME),
             clock=clock,
             digest_key=DigestKey(tee.sealing_key(b"audit/digest")),
             checkpoint_interval=1.0,
+            headroom_bytes=min(config.limits.audit_headroom_bytes, AUDIT_RESERVE_BYTES),
+        )
+        self._close_lock = threading.Lock()
+        self._closed = False
+        # Calls anyone can make (attestation, refused keys) are counted, not logged one by one.
+        self.tally = EventTally(
+            self.audit,
+            clock=clock,
+            window_seconds=config.limits.refusal_window_seconds,
+            digest=self.audit.digest,
         )
         self._epoch_lock = threading.Lock()
         self.keys = KeyRing(self._new_epoch())
@@ -132,6 +157,7 @@ class Enclave:
             config.data_dir / "models",
             storage_key=lambda tenant: tee.sealing_key(b"models/" + tenant.encode()),
             clock=clock,
+            headroom=config.limits.audit_headroom_bytes,
         )
         self.engine = InferenceEngine(config.providers)
         log.info(
@@ -146,8 +172,20 @@ class Enclave:
         )
 
     def close(self) -> None:
-        """Record the stop and flush the audit log (call after the server stopped)."""
-        self.record(EventType.SERVICE_STOP)
+        """Record the stop, flush and close every audit log (after the server stopped).
+
+        Never raises: a log that cannot take the stop record must not keep the others open.
+        Closing twice is harmless.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.tally.close()
+        try:
+            self.record(EventType.SERVICE_STOP)
+        except AuditLogError as exc:
+            log.error("service stop not recorded: %s", exc)
         self.audit.close()
 
     # -- audit ----------------------------------------------------------------------------
@@ -180,20 +218,22 @@ class Enclave:
     def open_request(
         self, request: common_pb2.SealedRequest, method: str, origin: str
     ) -> OpenedRequest:
-        """Open a sealed request; an authentication failure is recorded before it is refused."""
+        """Open a sealed request; an authentication failure is counted before it is refused.
+
+        Failures are aggregated (``EventTally``): a caller without a key costs the log at most
+        one record per tenant, method and window, never one per call.
+        """
         try:
             return self.gateway.open(request, method)
         except AuthError:
             known = request.tenant in self.config.tenants
-            self.record(
-                EventType.AUTH_FAILURE,
+            self.tally.note(
                 tenant=request.tenant if known else SYSTEM_LOG,
-                origin=origin,
+                event=EventType.AUTH_FAILURE,
                 outcome=Outcome.DENIED,
                 resource=method,
-                details={}
-                if known
-                else {"claimed_tenant_hmac": self.audit.digest(request.tenant.encode())},
+                peer=origin,
+                claim=None if known else request.tenant,
             )
             raise
 
@@ -277,7 +317,8 @@ class Enclave:
                 epoch = self.keys.current
             return epoch
 
-    def attestation(self, nonce: bytes) -> Evidence:
+    def attestation(self, nonce: bytes, origin: str = "enclave") -> Evidence:
+        """Evidence for ``nonce``; served even when the system log cannot be written (counted)."""
         if len(nonce) != NONCE_LEN:
             raise ProtocolError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
         epoch = self._fresh_epoch()
@@ -287,7 +328,12 @@ class Enclave:
         if self.gpu is not None:  # the GPU's nonce is bound to this very CPU report
             gpu = self.gpu.evidence(gpu_nonce_for(report_data))
             gpus = ((gpu.evidence, gpu.cert_chain_pem),)
-        self.record(EventType.ATTESTATION_SERVED, resource=epoch.key_id)
+        self.tally.note(
+            tenant=SYSTEM_LOG,
+            event=EventType.ATTESTATION_SERVED,
+            resource=epoch.key_id,
+            peer=origin,
+        )
         return Evidence(
             tee=raw.tee,
             report=raw.report,
@@ -318,7 +364,16 @@ class Enclave:
             raise TooLarge(f"{what} is {size} bytes, limit is {limit}")
         if len(sha256) != 32:
             raise ProtocolError("upload header sha256 must be 32 bytes")
-        return UploadSession(opened=opened, header=header, key=key, size=size, sha256=sha256)
+        limits = self.config.limits
+        buffer = UploadBuffer(
+            self.config.data_dir,
+            memory_bytes=limits.upload_memory_bytes,
+            expected=size,
+            headroom=limits.audit_headroom_bytes,
+        )
+        return UploadSession(
+            opened=opened, header=header, key=key, size=size, sha256=sha256, buffer=buffer
+        )
 
     def begin_upload(self, opened: OpenedRequest) -> UploadSession:
         header = models_pb2.UploadHeader()
@@ -355,7 +410,7 @@ class Enclave:
         )
         if len(upload.buffer) + len(data) > upload.size:
             raise InvalidInput("upload is larger than its header says")
-        upload.buffer += data
+        upload.buffer.append(data)
         upload.next_seq += 1
         upload.done = chunk.final
 
@@ -366,8 +421,10 @@ class Enclave:
                 f"upload truncated: stream ended after {upload.next_seq} chunk(s) "
                 "with no final chunk"
             )
-        data = bytes(upload.buffer)
-        upload.buffer.clear()
+        try:
+            data = upload.buffer.getvalue()
+        finally:
+            upload.close()
         if len(data) != upload.size:
             raise InvalidInput(f"upload is {len(data)} bytes, header says {upload.size}")
         if hashlib.sha256(data).digest() != upload.sha256:
@@ -414,10 +471,12 @@ class Enclave:
             data,
             max_bytes=self.config.max_model_bytes,
             allowed_domains=self.config.allowed_domains,
+            limits=self.config.limits,
         )
         assert isinstance(upload.header, models_pb2.UploadHeader)
         record = self.store.register(upload.opened.tenant, upload.header.name, data, validated)
-        log.info("model registered: tenant=%s ref=%s", record.tenant, record.ref)
+        log.info("model registered: tenant=%s", record.tenant)  # names stay out of INFO
+        log.debug("model registered: tenant=%s ref=%s", record.tenant, record.ref)
         return Handled(
             model_info(record),
             resource=record.ref,
@@ -456,6 +515,7 @@ class Enclave:
             lambda: self.store.load(record),
             inputs,
             list(request.output_names),
+            limits=self.config.limits.for_model(tenant, record.name),
         )
         inputs_hmac = self.audit.digest(
             b"".join(request.inputs[n].SerializeToString() for n in sorted(request.inputs))
@@ -513,7 +573,11 @@ class Enclave:
             details={"first_size": req.first_size, "second_size": second},
         )
 
-    def audit_export(self, tenant: str, req: audit_pb2.ExportRequest) -> Handled:
+    @contextlib.contextmanager
+    def _exported(
+        self, tenant: str, req: audit_pb2.ExportRequest
+    ) -> Iterator[tuple[Path, ExportResult]]:
+        """The tenant's export, written streaming to a temporary directory removed afterwards."""
         formats = {ExportFormat.JSONL}
         for name in req.formats:
             try:
@@ -524,11 +588,65 @@ class Enclave:
         until = from_ms(req.until_ms) if req.until_ms else None
         with tempfile.TemporaryDirectory(prefix="veil-export-") as tmp:
             out = Path(tmp) / "export"
-            result = self.audit.export(tenant, out, since=since, until=until, fmt=formats)
-            files = {
-                p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
-            }
+            result = self.audit.export(
+                tenant, out, since=since, until=until, start=req.from_index, fmt=formats
+            )
+            yield out, result
+
+    @staticmethod
+    def _export_details(req: audit_pb2.ExportRequest, result: ExportResult) -> dict[str, int]:
+        return {
+            "entries": result.entry_count,
+            "tree_size": result.tree_size,
+            "from_index": req.from_index,
+        }
+
+    def audit_export(self, tenant: str, req: audit_pb2.ExportRequest) -> Handled:
+        """The export in one message, if it fits; otherwise ``TooLarge`` names the stream."""
+        limit = self.config.max_message_bytes
+        with self._exported(tenant, req) as (out, result):
+            paths = [p for p in out.rglob("*") if p.is_file()]
+            total = sum(p.stat().st_size for p in paths)
+            if total > limit:
+                raise TooLarge(
+                    f"the export is {total} bytes, above the {limit}-byte message limit: "
+                    "use ExportAuditStream (veil audit export streams)"
+                )
+            files = {p.relative_to(out).as_posix(): p.read_bytes() for p in paths}
         return Handled(
-            audit_pb2.ExportResponse(files=files),
-            details={"entries": result.entry_count, "tree_size": result.tree_size},
+            audit_pb2.ExportResponse(files=files), details=self._export_details(req, result)
         )
+
+    def audit_export_stream(
+        self, opened: OpenedRequest, req: audit_pb2.ExportRequest, origin: str
+    ) -> Iterator[common_pb2.SealedResponse]:
+        """The export as sealed chunks of at most ``EXPORT_CHUNK_BYTES``, then its summary.
+
+        Files are read a chunk at a time, so memory stays bounded whatever the log's size; the
+        temporary directory goes when the stream ends, also when the caller goes away.
+        """
+        chunk_size = min(EXPORT_CHUNK_BYTES, self.config.max_message_bytes)
+        seq = 0
+        files: list[audit_pb2.ExportFile] = []
+        with self._exported(opened.tenant, req) as (out, result):
+            for path in sorted(p for p in out.rglob("*") if p.is_file()):
+                name = path.relative_to(out).as_posix()
+                digest = hashlib.sha256()
+                size = 0
+                with path.open("rb") as f:
+                    while data := f.read(chunk_size):
+                        digest.update(data)
+                        chunk = audit_pb2.ExportChunk(name=name, offset=size, data=data)
+                        message = audit_pb2.ExportStreamMessage(chunk=chunk)
+                        yield self.progress(opened, message, seq=seq)
+                        seq += 1
+                        size += len(data)
+                files.append(audit_pb2.ExportFile(name=name, size=size, sha256=digest.digest()))
+        summary = audit_pb2.ExportSummary(
+            files=files, tree_size=result.tree_size, entries=result.entry_count
+        )
+        handled = Handled(
+            audit_pb2.ExportStreamMessage(summary=summary),
+            details=self._export_details(req, result),
+        )
+        yield self.respond(opened, handled, event=EventType.AUDIT_EXPORT, origin=origin, seq=seq)

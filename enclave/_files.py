@@ -6,7 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic", "write_private"]
+__all__ = ["TEMP_GLOB", "fsync_dir", "remove_temp_files", "write_atomic", "write_private"]
+
+# What ``write_atomic`` leaves behind when the process dies between creating and renaming.
+TEMP_GLOB = ".*.tmp"
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,6 +36,20 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_temp_files(root: Path) -> int:
+    """Delete every ``write_atomic`` temporary under ``root`` (call at startup, before writers).
+
+    A temporary is never the only copy of anything: it is renamed into place only once complete,
+    so whatever is left was interrupted and is garbage. Returns how many were removed.
+    """
+    removed = 0
+    for tmp in root.rglob(TEMP_GLOB):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_private(path: Path, data: bytes) -> None:

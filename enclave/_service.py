@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from enclave._enclave import Enclave, Handled, UploadSession
 from enclave._gateway import OpenedRequest
-from enclave._status import grpc_errors, grpc_stream_errors
+from enclave._status import SealedFailure, grpc_errors, grpc_stream_errors
 from protos.veil.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=Message)
+# Uploads complete one at a time: a whole upload is in memory only while it is checked and
+# stored, so upload memory stays within max_concurrent_uploads x upload_memory_bytes + one.
+_COMPLETING = threading.Lock()
 
 
 def _parse(message: M, payload: bytes) -> M:
@@ -70,12 +73,15 @@ class _Servicer:
     ) -> common_pb2.SealedResponse:
         origin = context.peer()
         opened = self._enclave.open_request(request, method.value, origin)
-        try:
-            handled = handle(opened)
+        try:  # from here on the caller's response key is known: failures travel sealed
+            try:
+                handled = handle(opened)
+            except Exception as exc:
+                self._enclave.record_failure(opened, event, origin, exc)
+                raise
+            return self._enclave.respond(opened, handled, event=event, origin=origin)
         except Exception as exc:
-            self._enclave.record_failure(opened, event, origin, exc)
-            raise
-        return self._enclave.respond(opened, handled, event=event, origin=origin)
+            raise SealedFailure(exc, opened) from exc
 
     def _upload(
         self,
@@ -93,11 +99,15 @@ class _Servicer:
 
         def upload(opened: OpenedRequest) -> Handled:
             session = begin(opened)
-            for message in request_iterator:
-                if message.WhichOneof("kind") != "chunk":
-                    raise ProtocolError("only chunks may follow the upload header")
-                self._enclave.add_chunk(session, message.chunk)
-            return finish(session)
+            try:
+                for message in request_iterator:
+                    if message.WhichOneof("kind") != "chunk":
+                        raise ProtocolError("only chunks may follow the upload header")
+                    self._enclave.add_chunk(session, message.chunk)
+                with _COMPLETING:
+                    return finish(session)
+            finally:  # whatever happened, nothing of the upload stays in memory or on disk
+                session.close()
 
         return self._sealed(first.header, context, method, event, upload)
 
@@ -107,7 +117,7 @@ class AttestationServicer(_Servicer, attestation_pb2_grpc.AttestationServiceServ
     def GetAttestation(
         self, request: attestation_pb2.AttestationRequest, context: grpc.ServicerContext
     ) -> attestation_pb2.AttestationEvidence:
-        return self._enclave.attestation(request.nonce).to_proto()
+        return self._enclave.attestation(request.nonce, context.peer()).to_proto()
 
 
 class ModelServicer(_Servicer, models_pb2_grpc.ModelServiceServicer):
@@ -198,6 +208,27 @@ class AuditServicer(_Servicer, audit_pb2_grpc.AuditServiceServicer):
 
         return self._sealed(request, context, Method.AUDIT_EXPORT, EventType.AUDIT_EXPORT, run)
 
+    @grpc_stream_errors
+    def ExportAuditStream(
+        self, request: common_pb2.SealedRequest, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.SealedResponse]:
+        """Any size: sealed, numbered chunks of the export's files, then a receipted summary."""
+        origin = context.peer()
+        method = Method.AUDIT_EXPORT_STREAM
+        opened = self._enclave.open_request(request, method.value, origin)
+        sent = 0
+        try:  # a failure is sealed as the message after the `sent` ones already out
+            try:
+                req = _parse(audit_pb2.ExportRequest(), opened.payload)
+                for message in self._enclave.audit_export_stream(opened, req, origin):
+                    yield message
+                    sent += 1
+            except Exception as exc:
+                self._enclave.record_failure(opened, EventType.AUDIT_EXPORT, origin, exc)
+                raise
+        except Exception as exc:
+            raise SealedFailure(exc, opened, seq=sent) from exc
+
 
 class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
     @grpc_errors
@@ -230,11 +261,24 @@ class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
         """Stream sealed progress while the job runs on a worker thread, then the result."""
         origin = context.peer()
         opened = self._enclave.open_request(request, Method.TRAIN.value, origin)
+        sent = 0
+        try:  # a failure is sealed as the message after the `sent` ones already out
+            for message in self._train(opened, origin, context):
+                yield message
+                sent += 1
+        except Exception as exc:
+            raise SealedFailure(exc, opened, seq=sent) from exc
+
+    def _train(
+        self, opened: OpenedRequest, origin: str, context: grpc.ServicerContext
+    ) -> Iterator[common_pb2.SealedResponse]:
         req = _parse(training_pb2.TrainRequest(), opened.payload)
         events: queue.Queue[training_pb2.TrainProgress | Handled | BaseException] = queue.Queue()
 
+        ended = threading.Event()  # the stream ended before the job did
+
         def emit(progress: training_pb2.TrainProgress) -> None:
-            if not context.is_active():
+            if ended.is_set() or not context.is_active():
                 raise ProtocolError("client went away")  # aborts the job; unused steps refunded
             events.put(progress)
 
@@ -246,19 +290,26 @@ class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
             except BaseException as exc:  # handed to the streaming thread, which maps it
                 events.put(exc)
 
-        threading.Thread(target=work, name="veil-train", daemon=True).start()
+        worker = threading.Thread(target=work, name="veil-train", daemon=True)
+        worker.start()
         seq = 0
-        while True:
-            item = events.get()
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, Handled):
-                yield self._enclave.respond(
-                    opened, item, event=EventType.TRAINING_FINISHED, origin=origin, seq=seq
+        try:
+            while True:
+                item = events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, Handled):
+                    yield self._enclave.respond(
+                        opened, item, event=EventType.TRAINING_FINISHED, origin=origin, seq=seq
+                    )
+                    return
+                yield self._enclave.progress(
+                    opened, training_pb2.TrainEvent(progress=item), seq=seq
                 )
-                return
-            yield self._enclave.progress(opened, training_pb2.TrainEvent(progress=item), seq=seq)
-            seq += 1
+                seq += 1
+        finally:  # the call (and its training slot) lasts until the job has stopped
+            ended.set()
+            worker.join()
 
 
 class WatermarkServicer(_Servicer, watermark_pb2_grpc.WatermarkServiceServicer):

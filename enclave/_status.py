@@ -2,6 +2,13 @@
 
 Each status carries trailing metadata ``veil-reason`` (a short machine-readable code) so clients
 in any language can react (e.g. re-attest on ``key-rotated``) without parsing messages.
+
+Nothing sealed leaks through a status (docs/PROTOCOL.md, section 7). A failure after the request
+opened is raised as :class:`SealedFailure`: its clear message is the fixed one for its reason and
+the detailed message travels sealed to the caller's response key in the trailer
+``veil-sealed-error-bin``. A failure before the request opened keeps its own message only when it
+is one of the gateway's refusals, which quote nothing but clear envelope numbers; anything else
+gets the fixed message. Logs at INFO name the status and reason only; the detail is DEBUG.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from enclave._errors import (
     TimedOut,
     TooLarge,
 )
+from enclave._gateway import OpenedRequest
 from enclave._keys import UnknownKeyError
 from enclave._replay import ReplayError, StaleRequestError
 from sdk._errors import (
@@ -34,11 +42,45 @@ from sdk._errors import (
     ProtocolError,
     WatermarkError,
 )
+from sdk._sealing import SEALED_ERROR_KEY, bounded_message, clear_message, seal_error
 
-__all__ = ["REASON_KEY", "abort_with", "grpc_errors", "grpc_stream_errors", "status_for"]
+__all__ = [
+    "REASON_KEY",
+    "SealedFailure",
+    "abort_with",
+    "grpc_errors",
+    "grpc_stream_errors",
+    "status_for",
+]
 
 REASON_KEY = "veil-reason"
+MAX_CLEAR_MESSAGE_BYTES = 256
 log = logging.getLogger("veil.enclave")
+
+# Refusals of the gateway before a request opens: their messages quote only numbers from the
+# clear envelope (version, suite, clock skew) or nothing at all, so they may stay in clear.
+_CLEAR_SAFE: tuple[type[BaseException], ...] = (
+    DecryptionError,
+    ProtocolError,
+    ReplayError,
+    StaleRequestError,
+    UnknownKeyError,
+)
+
+
+class SealedFailure(Exception):
+    """``cause`` failed a call whose request opened: its detail is sealed to the caller.
+
+    ``seq`` is the number of messages already sent on the call (0 for unary calls), so the
+    sealed error takes the place of the next message.
+    """
+
+    def __init__(self, cause: Exception, opened: OpenedRequest, *, seq: int = 0) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+        self.opened = opened
+        self.seq = seq
+
 
 # Most specific first: the first matching class wins.
 _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
@@ -72,16 +114,36 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
-    code, reason, message = status_for(exc)
+    """Abort the call with ``exc``'s status; a :class:`SealedFailure` sends its detail sealed."""
+    cause = exc.cause if isinstance(exc, SealedFailure) else exc
+    code, reason, message = status_for(cause)
+    trailers: list[tuple[str, str | bytes]] = [(REASON_KEY, reason)]
     if code is grpc.StatusCode.INTERNAL:
+        clear = message  # the incident id only
         # Type and incident only: messages of unexpected errors may quote request data.
-        log.error("%s: %s", message, type(exc).__name__)
+        log.error("%s: %s", message, type(cause).__name__)
         # The traceback (with the exception's text) only at DEBUG: it may quote request data.
-        log.debug("incident traceback", exc_info=exc)
+        log.debug("incident traceback", exc_info=cause)
     else:
-        log.info("refused %s: %s", code.name, message)
-    context.set_trailing_metadata(((REASON_KEY, reason),))
-    context.abort(code, message)
+        public = not isinstance(exc, SealedFailure) and isinstance(cause, _CLEAR_SAFE)
+        clear = (
+            bounded_message(message, MAX_CLEAR_MESSAGE_BYTES) if public else clear_message(reason)
+        )
+        log.info("refused %s (%s)", code.name, reason)
+        log.debug("refused %s (%s): %s", code.name, reason, message)
+    if isinstance(exc, SealedFailure):
+        sealed = seal_error(
+            exc.opened.response_key,
+            method=exc.opened.method,
+            request_id=exc.opened.request_id,
+            code=code.name,
+            reason=reason,
+            message=message,
+            seq=exc.seq,
+        )
+        trailers.append((SEALED_ERROR_KEY, sealed.SerializeToString()))
+    context.set_trailing_metadata(tuple(trailers))
+    context.abort(code, clear)
     raise AssertionError("unreachable")  # context.abort raises
 
 

@@ -19,25 +19,34 @@ from datetime import datetime
 from pathlib import Path
 
 from enclave._at_rest import open_blob, seal_blob
+from enclave._disk import disk_full_is_storage_full, ensure_space
 from enclave._errors import InvalidInput, NotFound
 from enclave._files import fsync_dir, write_atomic
 from enclave._onnx import TensorSpec, ValidatedModel
 from sdk._errors import DecryptionError
 
-__all__ = ["ModelRecord", "ModelStore", "parse_ref"]
+__all__ = ["MAX_VERSION", "ModelRecord", "ModelStore", "parse_ref"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+# ASCII digits only (``str.isdigit`` and ``int`` also take "\u00b2" and "\uff11"), no leading
+# zero (so one version has one spelling), and no more than ``ModelInfo.version`` (uint32) can carry.
+_VERSION_RE = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
+MAX_VERSION = 2**32 - 1
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``name`` or ``name@version`` → (name, version or None for the latest)."""
     name, sep, version = ref.partition("@")
-    if not _NAME_RE.match(name):
-        raise InvalidInput(f"model name {name!r} is not [A-Za-z0-9._-]{{1,64}}")
+    if not _NAME_RE.fullmatch(name):
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        raise InvalidInput(f"model name {shown!r} is not [A-Za-z0-9._-]{{1,64}}")
     if not sep:
         return name, None
-    if not version.isdigit() or int(version) < 1:
-        raise InvalidInput(f"model version {version!r} is not a positive integer")
+    if not _VERSION_RE.fullmatch(version) or int(version) > MAX_VERSION:
+        raise InvalidInput(
+            f"model version after '@' must be an integer from 1 to {MAX_VERSION} "
+            "in ASCII digits, without leading zeros"
+        )
     return name, int(version)
 
 
@@ -80,10 +89,12 @@ class ModelStore:
         *,
         storage_key: Callable[[str], bytes],
         clock: Callable[[], datetime],
+        headroom: int = 0,
     ) -> None:
         self._root = root
         self._storage_key = storage_key
         self._clock = clock
+        self._headroom = headroom
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, str], dict[int, ModelRecord]] = {}
         root.mkdir(parents=True, exist_ok=True)
@@ -93,13 +104,14 @@ class ModelStore:
         return self._root / tenant / name
 
     def _sweep_orphans(self) -> None:
-        """Remove blobs and temporary files whose metadata never landed (an interrupted upload)."""
+        """Remove blobs whose metadata never landed (an interrupted upload).
+
+        ``write_atomic``'s temporaries are removed at enclave start (``remove_temp_files``).
+        """
         for blob in self._root.glob("*/*/v*.onnx.enc"):
             meta = blob.with_name(blob.name.replace(".onnx.enc", ".json"))
             if not meta.exists():
                 blob.unlink(missing_ok=True)
-        for tmp in self._root.glob("*/*/.*.tmp"):
-            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _aad(tenant: str, name: str, version: int) -> bytes:
@@ -112,12 +124,13 @@ class ModelStore:
         parse_ref(name)
         with self._lock:
             folder = self._dir(tenant, name)
-            folder.mkdir(parents=True, exist_ok=True)
+            with disk_full_is_storage_full("the model"):
+                folder.mkdir(parents=True, exist_ok=True)
             # Deleted versions leave a tombstone, so a version number is never reused.
             used = [
                 int(p.stem[1:])
                 for p in (*folder.glob("v*.json"), *folder.glob("v*.deleted"))
-                if p.stem[1:].isdigit()
+                if _VERSION_RE.fullmatch(p.stem[1:])
             ]
             version = max(used, default=0) + 1
             record = ModelRecord(
@@ -131,8 +144,17 @@ class ModelStore:
                 outputs=validated.outputs,
             )
             blob = seal_blob(self._storage_key(tenant), data, self._aad(tenant, name, version))
-            write_atomic(folder / f"v{version}.onnx.enc", blob)
-            write_atomic(folder / f"v{version}.json", record.to_json())
+            meta = record.to_json()
+            ensure_space(folder, len(blob) + len(meta), headroom=self._headroom)
+            blob_path, meta_path = folder / f"v{version}.onnx.enc", folder / f"v{version}.json"
+            try:
+                with disk_full_is_storage_full("the model"):
+                    write_atomic(blob_path, blob)
+                    write_atomic(meta_path, meta)
+            except BaseException:  # nothing registered: the version number stays free
+                meta_path.unlink(missing_ok=True)
+                blob_path.unlink(missing_ok=True)
+                raise
             self._cache.pop((tenant, name), None)
             return record
 
@@ -151,7 +173,7 @@ class ModelStore:
                 cached = {
                     int(p.stem[1:]): ModelRecord.from_json(p.read_bytes())
                     for p in self._dir(tenant, name).glob("v*.json")
-                    if p.stem[1:].isdigit()
+                    if _VERSION_RE.fullmatch(p.stem[1:])
                 }
                 self._cache[key] = cached
             return cached

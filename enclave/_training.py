@@ -67,6 +67,7 @@ class TrainingDesk:
         self.datasets = DatasetStore(
             config.data_dir / "datasets",
             storage_key=lambda tenant: enclave.tee.sealing_key(b"datasets/" + tenant.encode()),
+            headroom=config.limits.audit_headroom_bytes,
         )
         self.ledger = BudgetLedger(
             config.data_dir / "privacy-budget.sqlite",
@@ -254,6 +255,7 @@ class TrainingDesk:
             result.onnx,
             max_bytes=enclave.config.max_model_bytes,
             allowed_domains=enclave.config.allowed_domains,
+            limits=enclave.config.limits,
         )
         model = enclave.store.register(tenant, name, result.onnx, validated)
         record = json.loads(result.record.to_json())

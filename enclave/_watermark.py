@@ -57,6 +57,7 @@ class WatermarkDesk:
             result.model,
             max_bytes=enclave.config.max_model_bytes,
             allowed_domains=enclave.config.allowed_domains,
+            limits=enclave.config.limits,
         )
         marked = enclave.store.register(tenant, source.name, result.model, validated)
         claim = result.claim

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["register_measure", "register_serve"]
+
+# Seconds calls in flight get to finish on SIGTERM; `veil serve` exits within this plus
+# ``enclave.server.DRAIN_SECONDS`` and the time to close the audit logs.
+SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 def register_serve(sub: Any) -> None:
@@ -93,8 +98,14 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"measurement {enclave.measurement.hex()}", flush=True)
     while not stop.wait(0.5):
         pass
-    running.stop(grace=5.0)
+    drained = running.stop(grace=SHUTDOWN_GRACE_SECONDS)
     print("veil enclave stopped", flush=True)
+    if not drained:
+        # A call that ignored cancellation would keep the interpreter alive forever; the audit
+        # logs are closed and flushed, so leave without it.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -6,15 +6,17 @@ under the log key that the enclave's *attestation* vouches for.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from google.protobuf.message import DecodeError
 
 from protos.veil.v1 import attestation_pb2, audit_pb2
 from sdk._attested import AttestedEnclave, Evidence, verify_enclave
-from sdk._errors import AuditLogError
+from sdk._errors import AuditLogError, ProtocolError
 from sdk._protocol import NONCE_LEN
 from sdk.attestation._policy import AttestationPolicy
 from sdk.audit import (
@@ -29,11 +31,11 @@ from sdk.audit import (
 __all__ = [
     "EVIDENCE_FILE",
     "NONCE_FILE",
+    "ExportReceiver",
     "attestation_check",
     "checked_checkpoint",
     "checked_consistency",
     "checked_inclusion",
-    "write_export",
 ]
 
 EVIDENCE_FILE = "attestation/evidence.pb"
@@ -79,23 +81,108 @@ def checked_consistency(
     return new
 
 
-def write_export(
-    out_dir: Path, enclave: AttestedEnclave, response: audit_pb2.ExportResponse
-) -> Path:
-    """Write an export directory: the enclave's files plus the evidence that binds its key."""
+def _empty_dir(out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise AuditLogError(f"export directory {out_dir} is not empty")
-    for name, data in response.files.items():
-        target = (out_dir / name).resolve()
-        if out_dir.resolve() not in target.parents:
-            raise AuditLogError(f"export file name {name!r} leaves the export directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    return out_dir
+
+
+def _target(out_dir: Path, name: str) -> Path:
+    target = (out_dir / name).resolve()
+    if out_dir.resolve() not in target.parents:
+        raise AuditLogError(f"export file name {name!r} leaves the export directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _add_evidence(out_dir: Path, enclave: AttestedEnclave) -> Path:
     (out_dir / "attestation").mkdir(exist_ok=True)
     (out_dir / EVIDENCE_FILE).write_bytes(enclave.evidence.to_proto().SerializeToString())
     (out_dir / NONCE_FILE).write_bytes(enclave.nonce)
     return out_dir
+
+
+class ExportReceiver:
+    """Writes a streamed export to disk as its (already opened) messages arrive.
+
+    Each file's chunks must come in order and contiguously; the final summary must list exactly
+    the files received (empty ones too) with their sizes and SHA-256, which the receipt on that
+    summary binds. On any failure the files written so far are removed (``abort``).
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = _empty_dir(out_dir)
+        self._sizes: dict[str, int] = {}
+        self._hashes: dict[str, hashlib._Hash] = {}
+        self._name = ""
+        self._file: BinaryIO | None = None
+        self._done = False
+
+    def add(self, message: audit_pb2.ExportStreamMessage, *, final: bool) -> None:
+        if self._done:
+            raise ProtocolError("export stream continued after its summary")
+        kind = message.WhichOneof("kind")
+        if final != (kind == "summary"):
+            raise ProtocolError("export stream must end with exactly one summary")
+        if kind == "chunk":
+            self._chunk(message.chunk)
+        else:
+            self._summary(message.summary)
+
+    def _chunk(self, chunk: audit_pb2.ExportChunk) -> None:
+        if chunk.name != self._name:
+            if chunk.name in self._sizes:
+                raise ProtocolError(f"export file {chunk.name!r} arrived in two runs")
+            self._close_file()
+            self._file = _target(self.out_dir, chunk.name).open("xb")
+            self._name = chunk.name
+            self._sizes[chunk.name] = 0
+            self._hashes[chunk.name] = hashlib.sha256()
+        if chunk.offset != self._sizes[chunk.name]:
+            raise ProtocolError(
+                f"export file {chunk.name!r}: chunk at {chunk.offset}, expected "
+                f"{self._sizes[chunk.name]}"
+            )
+        assert self._file is not None
+        self._file.write(chunk.data)
+        self._sizes[chunk.name] += len(chunk.data)
+        self._hashes[chunk.name].update(chunk.data)
+
+    def _summary(self, summary: audit_pb2.ExportSummary) -> None:
+        self._close_file()
+        listed = {f.name: f for f in summary.files}
+        if len(listed) != len(summary.files):
+            raise ProtocolError("export summary lists a file twice")
+        for name in set(self._sizes) - set(listed):
+            raise AuditLogError(f"export file {name!r} is not in the signed summary")
+        for name, entry in listed.items():
+            if name not in self._sizes:
+                if entry.size:
+                    raise AuditLogError(f"export file {name!r} never arrived")
+                _target(self.out_dir, name).touch(exist_ok=False)
+                self._sizes[name] = 0
+                self._hashes[name] = hashlib.sha256()
+            if self._sizes[name] != entry.size or self._hashes[name].digest() != entry.sha256:
+                raise AuditLogError(f"export file {name!r} does not match the signed summary")
+        self._done = True
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self, enclave: AttestedEnclave) -> Path:
+        """After the summary: add the evidence that binds the log key; the export is complete."""
+        if not self._done:
+            raise ProtocolError("export stream ended without its summary")
+        return _add_evidence(self.out_dir, enclave)
+
+    def abort(self) -> None:
+        """Remove what was written, leaving the directory empty for a retry."""
+        self._close_file()
+        for name in self._sizes:
+            (self.out_dir / name).unlink(missing_ok=True)
 
 
 def attestation_check(

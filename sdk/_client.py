@@ -37,10 +37,10 @@ from protos.veil.v1 import (
 )
 from sdk._attested import AttestedEnclave, to_ms
 from sdk._audit_client import (
+    ExportReceiver,
     checked_checkpoint,
     checked_consistency,
     checked_inclusion,
-    write_export,
 )
 from sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
 from sdk._errors import ProtocolError, RemoteError
@@ -189,12 +189,16 @@ class _Base:
 
     @staticmethod
     def _export_request(
-        since: datetime | None, until: datetime | None, formats: Sequence[str]
+        since: datetime | int | None, until: datetime | None, formats: Sequence[str]
     ) -> audit_pb2.ExportRequest:
+        """``since``: a time, or a leaf index (e.g. an earlier export's tree size)."""
+        if isinstance(since, int) and since < 0:
+            raise ValueError("since must be a time or a leaf index >= 0")
         return audit_pb2.ExportRequest(
-            since_ms=to_ms(since) if since else 0,
+            since_ms=to_ms(since) if isinstance(since, datetime) else 0,
             until_ms=to_ms(until) if until else 0,
             formats=list(formats),
+            from_index=since if isinstance(since, int) else 0,
         )
 
     def _bar(self, total: int, name: str) -> tqdm[None]:
@@ -278,7 +282,7 @@ class Client(_Base):
             try:
                 answer = stub(sealed.request, timeout=self._timeout)
             except grpc.RpcError as exc:
-                raise remote_error(exc) from exc
+                raise remote_error(exc, sealed) from exc
             return self._core.open(enclave, sealed, answer, type(response)())
 
         return self._sealed(run)
@@ -302,7 +306,7 @@ class Client(_Base):
                 try:
                     answer = stub(messages, timeout=self._timeout)
                 except grpc.RpcError as exc:
-                    raise remote_error(exc) from exc
+                    raise remote_error(exc, sealed) from exc
             return self._core.open(enclave, sealed, answer, type(response)())
 
         return self._sealed(run)
@@ -389,18 +393,44 @@ class Client(_Base):
         self,
         out_dir: str | Path,
         *,
-        since: datetime | None = None,
+        since: datetime | int | None = None,
         until: datetime | None = None,
         formats: Sequence[str] = (),
     ) -> Path:
-        """Export this tenant's log to ``out_dir`` with the evidence that binds its key."""
-        response = self._unary(
-            Method.AUDIT_EXPORT,
-            self._audit.ExportAudit,
-            self._export_request(since, until, formats),
-            audit_pb2.ExportResponse(),
-        )
-        return write_export(Path(out_dir), self.attest(), response)
+        """Export this tenant's log to ``out_dir`` with the evidence that binds its key.
+
+        Streamed (``ExportAuditStream``): any size, files written as chunks arrive. ``since``
+        is a time or a leaf index; an index (say the tree size of an earlier export) exports
+        only the records from it on, each with an inclusion proof into the current checkpoint.
+        """
+        request = self._export_request(since, until, formats)
+
+        def run(enclave: AttestedEnclave) -> Path:
+            sealed = self._core.seal(enclave, Method.AUDIT_EXPORT_STREAM, request)
+            receiver = ExportReceiver(Path(out_dir))
+            received = 0
+            try:
+                stream = self._audit.ExportAuditStream(sealed.request, timeout=self._timeout)
+                for seq, message in enumerate(stream):
+                    received = seq + 1
+                    part = self._core.open(
+                        enclave,
+                        sealed,
+                        message,
+                        audit_pb2.ExportStreamMessage(),
+                        seq=seq,
+                        stream=True,
+                    )
+                    receiver.add(part, final=message.final)
+                return receiver.finish(enclave)
+            except grpc.RpcError as exc:
+                receiver.abort()
+                raise remote_error(exc, sealed, seq=received) from exc
+            except BaseException:
+                receiver.abort()
+                raise
+
+        return self._sealed(run)
 
     # -- watermarking -------------------------------------------------------------------
 
@@ -543,7 +573,7 @@ class Client(_Base):
         try:
             stream = self._training.Train(sealed.request, timeout=None)
         except grpc.RpcError as exc:
-            raise remote_error(exc) from exc
+            raise remote_error(exc, sealed) from exc
         return TrainingJob(self._core, enclave, sealed, stream, progress=self._progress)
 
 
@@ -572,8 +602,10 @@ class TrainingJob:
             yield self._outcome
             return
         bar = tqdm(total=None, desc="training", disable=not self._bar, leave=False)
+        received = 0
         try:
             for seq, sealed in enumerate(self._stream):
+                received = seq + 1
                 event = self._core.open(
                     self._enclave,
                     self._call,
@@ -595,7 +627,7 @@ class TrainingJob:
                 yield self._outcome
                 return
         except grpc.RpcError as exc:
-            raise remote_error(exc) from exc
+            raise remote_error(exc, self._call, seq=received) from exc
         finally:
             bar.close()
         raise ProtocolError("training stream ended without a result")
@@ -671,7 +703,7 @@ class AsyncClient(_Base):
             try:
                 answer = await stub(sealed.request, timeout=self._timeout)
             except grpc.RpcError as exc:
-                raise remote_error(exc) from exc
+                raise remote_error(exc, sealed) from exc
             return self._core.open(enclave, sealed, answer, type(response)())
 
         return await self._sealed(run)
@@ -690,7 +722,7 @@ class AsyncClient(_Base):
                 try:
                     answer = await self._models.UploadModel(stream(), timeout=self._timeout)
                 except grpc.RpcError as exc:
-                    raise remote_error(exc) from exc
+                    raise remote_error(exc, sealed) from exc
             return ModelInfo.from_proto(
                 self._core.open(enclave, sealed, answer, models_pb2.ModelInfo())
             )
@@ -750,14 +782,35 @@ class AsyncClient(_Base):
         self,
         out_dir: str | Path,
         *,
-        since: datetime | None = None,
+        since: datetime | int | None = None,
         until: datetime | None = None,
         formats: Sequence[str] = (),
     ) -> Path:
-        response = await self._unary(
-            Method.AUDIT_EXPORT,
-            self._audit.ExportAudit,
-            self._export_request(since, until, formats),
-            audit_pb2.ExportResponse(),
-        )
-        return write_export(Path(out_dir), await self.attest(), response)
+        request = self._export_request(since, until, formats)
+
+        async def run(enclave: AttestedEnclave) -> Path:
+            sealed = self._core.seal(enclave, Method.AUDIT_EXPORT_STREAM, request)
+            receiver = ExportReceiver(Path(out_dir))
+            seq = 0
+            try:
+                stream = self._audit.ExportAuditStream(sealed.request, timeout=self._timeout)
+                async for message in stream:
+                    part = self._core.open(
+                        enclave,
+                        sealed,
+                        message,
+                        audit_pb2.ExportStreamMessage(),
+                        seq=seq,
+                        stream=True,
+                    )
+                    seq += 1
+                    receiver.add(part, final=message.final)
+                return receiver.finish(enclave)
+            except grpc.RpcError as exc:
+                receiver.abort()
+                raise remote_error(exc, sealed, seq=seq) from exc
+            except BaseException:
+                receiver.abort()
+                raise
+
+        return await self._sealed(run)

@@ -21,10 +21,19 @@ from google.protobuf.message import DecodeError, Message
 
 from protos.veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 from sdk._attested import AttestedEnclave, Evidence, to_ms, verify_enclave
-from sdk._errors import AuditLogError, ProtocolError, RemoteError
+from sdk._errors import AuditLogError, DecryptionError, ProtocolError, RemoteError
 from sdk._models import ModelInfo
 from sdk._protocol import MODEL_KEY_LEN, NONCE_LEN, Method, Suite
-from sdk._sealing import SealedCall, encrypt_chunk, open_response, seal_request
+from sdk._sealing import (
+    SEALED_ERROR_KEY,
+    SealedCall,
+    bounded_message,
+    clear_message,
+    encrypt_chunk,
+    open_error,
+    open_response,
+    seal_request,
+)
 from sdk._tensors import from_proto, to_proto
 from sdk.attestation._policy import AttestationPolicy
 from sdk.audit._receipt import Receipt, verify_receipt
@@ -71,17 +80,36 @@ def request_digest(request: common_pb2.SealedRequest) -> str:
     return hashlib.sha256(request.sealed).hexdigest()
 
 
-def remote_error(exc: grpc.RpcError) -> RemoteError:
-    """A gRPC error as a ``RemoteError`` carrying the enclave's ``veil-reason``."""
+def remote_error(
+    exc: grpc.RpcError, call: SealedCall | None = None, *, seq: int = 0
+) -> RemoteError:
+    """A gRPC error as a ``RemoteError`` carrying the enclave's ``veil-reason``.
+
+    For a sealed ``call`` the detailed message travels sealed in the trailer
+    ``veil-sealed-error-bin``, at position ``seq`` (the number of messages the call already
+    received; 0 for unary calls). If it opens, its code, reason and message are the error's;
+    if a trailer is there but does not open (tampered, replayed, moved), the detail is only the
+    fixed clear message for the reason, never the unopenable text. Without a trailer (the
+    request never opened: bad version, replay, wrong key...) the clear message is all there is.
+    """
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     reason = ""
+    sealed: bytes | None = None
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
     for key, value in trailing or ():
         if key == REASON_KEY:
             reason = value if isinstance(value, str) else value.decode()
+        elif key == SEALED_ERROR_KEY and isinstance(value, bytes):
+            sealed = value
     name = code.name if code is not None else "UNKNOWN"
-    return RemoteError(name, details or "", reason=reason)
+    if call is None or sealed is None:
+        return RemoteError(name, bounded_message(details or ""), reason=reason)
+    try:
+        error = open_error(call, sealed, seq=seq)
+    except DecryptionError:
+        return RemoteError(name, clear_message(reason), reason=reason)
+    return RemoteError(error.code or name, error.message, reason=error.reason)
 
 
 @dataclass

@@ -66,6 +66,7 @@ class Method(enum.StrEnum):
     AUDIT_INCLUSION = "/veil.v1.AuditService/GetInclusionProof"
     AUDIT_CONSISTENCY = "/veil.v1.AuditService/GetConsistencyProof"
     AUDIT_EXPORT = "/veil.v1.AuditService/ExportAudit"
+    AUDIT_EXPORT_STREAM = "/veil.v1.AuditService/ExportAuditStream"
     UPLOAD_DATASET = "/veil.v1.TrainingService/UploadDataset"
     TRAIN = "/veil.v1.TrainingService/Train"
     GET_BUDGET = "/veil.v1.TrainingService/GetBudget"

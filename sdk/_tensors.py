@@ -10,7 +10,7 @@ import numpy.typing as npt
 from protos.veil.v1 import common_pb2
 from sdk._errors import ProtocolError
 
-__all__ = ["ALLOWED_DTYPES", "from_proto", "to_proto"]
+__all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "to_proto"]
 
 ALLOWED_DTYPES = frozenset(
     {
@@ -30,6 +30,12 @@ ALLOWED_DTYPES = frozenset(
 )
 
 
+# More dimensions than any real model input has (NumPy itself stops at 64).
+MAX_RANK = 32
+# Byte counts (and spans) must fit a signed 64-bit integer, as ONNX Runtime counts them.
+_MAX_SPAN = 2**63 - 1
+
+
 def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
     """Encode an array; refuses object, string and other non-numeric dtypes."""
     arr = np.asarray(array)
@@ -44,16 +50,30 @@ def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
 def from_proto(
     tensor: common_pb2.Tensor, *, max_bytes: int | None = None
 ) -> npt.NDArray[np.generic]:
-    """Decode a tensor, checking dtype, shape and byte length; raise ``ProtocolError``."""
+    """Decode a tensor, checking dtype, rank, shape and byte length; raise ``ProtocolError``.
+
+    Besides the real byte size, the *span* (the byte size with every zero dimension counted as
+    one) must fit the limit: ``[0, 2**62]`` holds no data but no array library can describe it.
+    """
     if tensor.dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(f"unsupported tensor dtype {tensor.dtype!r}")
+        raise ProtocolError(f"unsupported tensor dtype {tensor.dtype[:32]!r}")
+    rank = len(tensor.shape)
+    if rank > MAX_RANK:
+        raise ProtocolError(f"tensor has {rank} dimensions, at most {MAX_RANK} are allowed")
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
         raise ProtocolError(f"tensor shape {list(shape)} has a negative dimension")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
+    limit = _MAX_SPAN if max_bytes is None else min(max_bytes, _MAX_SPAN)
+    span = math.prod(max(d, 1) for d in shape) * dtype.itemsize
     expected = math.prod(shape) * dtype.itemsize
-    if max_bytes is not None and expected > max_bytes:
-        raise ProtocolError(f"tensor of {expected} bytes exceeds the {max_bytes}-byte limit")
+    if expected > limit:
+        raise ProtocolError(f"tensor of {expected} bytes exceeds the {limit}-byte limit")
+    if span > limit:
+        raise ProtocolError(
+            f"empty tensor of shape {list(shape)} spans {span} bytes with its zero dimensions "
+            f"counted as 1, over the {limit}-byte limit"
+        )
     if len(tensor.data) != expected:
         raise ProtocolError(
             f"tensor data is {len(tensor.data)} bytes, shape {list(shape)} of "

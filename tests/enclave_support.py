@@ -121,5 +121,5 @@ def start(data_dir: Path) -> Served:
     config = ServerConfig.load(data_dir)
     tee = SimulatedSnp.load_or_create(data_dir)
     recorder = CallRecorder()
-    running = create_server(Enclave(config, tee), max_workers=8, interceptors=[recorder])
+    running = create_server(Enclave(config, tee), interceptors=[recorder])
     return Served(running=running, data_dir=data_dir, root_pem=tee.root_pem, calls=recorder)

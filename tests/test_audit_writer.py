@@ -120,17 +120,16 @@ def test_one_fsync_per_record_mode(tenant_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("op", "err"), [("write", errno.ENOSPC), ("fsync", errno.EIO)])
-def test_io_error_stops_the_writer_and_fails_every_append(
-    tenant_dir: Path, op: str, err: int
-) -> None:
+def test_io_error_fails_only_the_batch_in_flight(tenant_dir: Path, op: str, err: int) -> None:
     gate = threading.Event()
     log = TenantLog(tenant_dir, file_ops=FailingOps(op, 3, err, gate))
     assert [log.append_line(_line(i)) for i in range(2)] == [0, 1]
     errors: list[BaseException] = []
+    indices: dict[int, int] = {}
 
     def appender(n: int) -> None:
         try:
-            log.append_line(_line(n))
+            indices[n] = log.append_line(_line(n))
         except AuditLogError as exc:
             errors.append(exc)
 
@@ -143,28 +142,28 @@ def test_io_error_stops_the_writer_and_fails_every_append(
     gate.set()
     for t in threads:
         t.join(5)
-    assert len(errors) == 8
-    assert all("stopped" in str(e) for e in errors)
-    with pytest.raises(AuditLogError, match="stopped"):
-        log.append_line(_line(999))
+    assert len(errors) == 1 and "unavailable" in str(errors[0])
+    assert 100 not in indices and sorted(indices.values()) == list(range(2, 9))
+    assert log.append_line(_line(999)) == 9
     log.close()
-    # nothing unacknowledged survives: the file is cut back to the two durable records
-    assert _file_lines(tenant_dir / "entries.jsonl") == [_line(0), _line(1)]
+    # the failed record is gone; everything acknowledged is there, in order
+    lines = _file_lines(tenant_dir / "entries.jsonl")
+    assert lines[:2] == [_line(0), _line(1)] and _line(100) not in lines
+    assert all(lines[i] == _line(n) for n, i in indices.items())
     reopened = TenantLog(tenant_dir)
-    assert reopened.size == 2
-    assert reopened.append_line(_line(2)) == 2
+    assert reopened.size == 10
+    assert reopened.append_line(_line(2)) == 10
     reopened.close()
 
 
 def test_io_error_in_one_fsync_per_record_mode(tenant_dir: Path) -> None:
     log = TenantLog(tenant_dir, group_commit=False, file_ops=FailingOps("fsync", 2, errno.EIO))
     assert log.append_line(_line(0)) == 0
-    with pytest.raises(AuditLogError, match="stopped"):
+    with pytest.raises(AuditLogError, match="unavailable"):
         log.append_line(_line(1))
-    with pytest.raises(AuditLogError, match="stopped"):
-        log.append_line(_line(2))
+    assert log.append_line(_line(2)) == 1
     log.close()
-    assert _file_lines(tenant_dir / "entries.jsonl") == [_line(0)]
+    assert _file_lines(tenant_dir / "entries.jsonl") == [_line(0), _line(2)]
 
 
 def test_torn_tail_is_cut_and_logged(tenant_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -149,7 +149,7 @@ def test_api_key_from_environment_and_missing_key(server: Server) -> None:
     bad = dict(env, VEIL_API_KEY="wrong")
     refused = veil("models", "list", *args, env=bad)
     assert refused.returncode == 1
-    assert "UNAUTHENTICATED: invalid API key for tenant 'default'" in refused.stderr
+    assert "UNAUTHENTICATED: invalid API key or unknown tenant" in refused.stderr
 
 
 def test_attest_verify_offline_on_real_reports(vectors: Path) -> None:

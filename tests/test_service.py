@@ -37,8 +37,9 @@ from sdk import (
     Suite,
     TlsOptions,
 )
-from sdk._core import ClientCore
+from sdk._core import ClientCore, remote_error
 from sdk._protocol import Method
+from sdk._sealing import SEALED_ERROR_KEY, clear_message
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 X = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
@@ -307,7 +308,7 @@ def test_wrong_api_key_and_unknown_tenant_are_unauthenticated(served: Served) ->
     assert _remote(err) == (
         "UNAUTHENTICATED",
         "unauthenticated",
-        "invalid API key for tenant 'default'",
+        "invalid API key or unknown tenant",  # the two are not told apart
     )
     with served.client(api_key="whatever", tenant="default") as client:
         client._core.tenant = "ghost"
@@ -316,7 +317,7 @@ def test_wrong_api_key_and_unknown_tenant_are_unauthenticated(served: Served) ->
     assert _remote(err) == (
         "UNAUTHENTICATED",
         "unauthenticated",
-        "invalid API key for tenant 'ghost'",
+        "invalid API key or unknown tenant",  # the two are not told apart
     )
     served.assert_healthy()
 
@@ -366,42 +367,47 @@ def test_malformed_tensor_bytes(served: Served) -> None:
     with pytest.raises(grpc.RpcError) as err:
         _raw_infer(served, call.request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details() == "tensor data is 31 bytes, shape [2, 4] of float32 needs 32"
+    assert err.value.details() == "malformed request"  # in clear: the reason's fixed message
+    assert remote_error(err.value, call).detail == (  # sealed: the precise one
+        "tensor data is 31 bytes, shape [2, 4] of float32 needs 32"
+    )
     request.inputs["x"].CopyFrom(common_pb2.Tensor(dtype="object", shape=[1], data=b"\0" * 8))
+    call = _core(served).seal(enclave, Method.INFER, request)
     with pytest.raises(grpc.RpcError) as err:
-        _raw_infer(served, _core(served).seal(enclave, Method.INFER, request).request)
-    assert err.value.details() == "unsupported tensor dtype 'object'"
+        _raw_infer(served, call.request)
+    assert remote_error(err.value, call).detail == "unsupported tensor dtype 'object'"
     served.assert_healthy()
 
 
 # -- uploads --------------------------------------------------------------------------------------
 
 
-def _upload_raw(served: Served, mutate) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+def _upload_raw(served: Served, mutate) -> RemoteError:  # type: ignore[no-untyped-def]
+    """The refusal as the SDK raises it: the detail opened from the sealed error trailer."""
     with served.client() as client:
         enclave = client.attest()
     core = _core(served, chunk_size=64)
-    _, messages = core.upload(enclave, mlp_model(), "m", lambda n: None)
+    call, messages = core.upload(enclave, mlp_model(), "m", lambda n: None)
     stream = mutate(list(messages))
     with grpc.insecure_channel(served.address) as channel, pytest.raises(grpc.RpcError) as err:
         models_pb2_grpc.ModelServiceStub(channel).UploadModel(iter(stream), timeout=10)
     assert served.stored_files() == []
     served.assert_healthy()
-    return err.value
+    remote = remote_error(err.value, call)
+    if any(key == SEALED_ERROR_KEY for key, _ in err.value.trailing_metadata()):
+        assert err.value.details() == clear_message(remote.reason)  # nothing more in clear
+    return remote
 
 
 def test_upload_without_final_chunk_is_truncated(served: Served) -> None:
     err = _upload_raw(served, lambda msgs: msgs[:-1])
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "upload truncated: stream ended after" in err.details()
+    assert err.code == "INVALID_ARGUMENT"
+    assert "upload truncated: stream ended after" in err.detail
 
 
 def test_upload_with_reordered_chunks_is_refused(served: Served) -> None:
     err = _upload_raw(served, lambda msgs: [msgs[0], msgs[2], msgs[1], *msgs[3:]])
-    assert (err.code(), err.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "chunk 1 arrived, expected 0",
-    )
+    assert (err.code, err.detail) == ("INVALID_ARGUMENT", "chunk 1 arrived, expected 0")
 
 
 def test_upload_with_relabelled_chunk_is_refused(served: Served) -> None:
@@ -411,10 +417,7 @@ def test_upload_with_relabelled_chunk_is_refused(served: Served) -> None:
         return msgs
 
     err = _upload_raw(served, relabel)
-    assert (err.code(), err.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "model chunk could not be opened",
-    )
+    assert (err.code, err.detail) == ("INVALID_ARGUMENT", "model chunk could not be opened")
 
 
 def test_upload_with_early_final_flag_is_refused(served: Served) -> None:
@@ -423,18 +426,12 @@ def test_upload_with_early_final_flag_is_refused(served: Served) -> None:
         return msgs[:2]
 
     err = _upload_raw(served, early_final)
-    assert (err.code(), err.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "model chunk could not be opened",
-    )
+    assert (err.code, err.detail) == ("INVALID_ARGUMENT", "model chunk could not be opened")
 
 
 def test_upload_without_header_is_refused(served: Served) -> None:
     err = _upload_raw(served, lambda msgs: msgs[1:])
-    assert (err.code(), err.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "upload must start with a sealed header",
-    )
+    assert (err.code, err.detail) == ("INVALID_ARGUMENT", "upload must start with a sealed header")
 
 
 def test_upload_replay_is_refused(served: Served) -> None:

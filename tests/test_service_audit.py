@@ -79,11 +79,13 @@ def test_failures_and_service_events_are_recorded(served: Served) -> None:
         client.list_models()
     with served.client() as client, pytest.raises(Exception, match="NOT_FOUND"):
         client.infer("missing", {"x": X})
+    served.enclave.tally.flush()  # refusals and attestations are aggregated per window
     default = _records(served, "default")
     assert [(r.event, r.outcome) for r in default] == [
-        (EventType.AUTH_FAILURE, Outcome.DENIED),
         (EventType.INFERENCE, Outcome.FAILURE),
+        (EventType.AUTH_FAILURE, Outcome.DENIED),
     ]
+    assert default[1].details["count"] == 1 and default[1].details["aggregated"] is True
     system = [r.event for r in _records(served, "system")]
     assert system[0] is EventType.SERVICE_START
     assert EventType.ATTESTATION_SERVED in system

@@ -5,6 +5,10 @@
 whose tree grew, every ``checkpoint_interval`` seconds (default 1 s). The log key is an Ed25519
 :class:`Signer` the enclave generates in memory at boot; its vkey is what attestation binds and
 clients pin. Checkpoint origins are ``<signer name>/<tenant>``.
+
+With ``headroom_bytes`` the log keeps a :class:`HeadroomReserve` in its directory: released when
+an append finds the disk full (the append is retried into the freed space), re-created by the
+checkpoint thread once there is room again.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import enum
 import json
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from enclave.audit._reserve import RESERVE_FILE, HeadroomReserve
 from enclave.audit._signer import Signer
 from enclave.audit._tenant_log import FileOps, TenantLog
 from enclave.audit._views import write_csv, write_ocsf
@@ -91,6 +96,7 @@ class AuditLog:
         checkpoint_interval: float | None = 1.0,
         group_commit: bool = True,
         file_ops: Callable[[str], FileOps] | None = None,
+        headroom_bytes: int = 0,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -99,6 +105,8 @@ class AuditLog:
         self._digest_key = digest_key
         self._group_commit = group_commit
         self._file_ops = file_ops
+        self.reserve = HeadroomReserve(self.directory / RESERVE_FILE, headroom_bytes)
+        self.reserve.ensure()
         self._logs: dict[str, TenantLog] = {}
         self._published: dict[str, tuple[int, str]] = {}
         self._lock = threading.Lock()
@@ -142,7 +150,10 @@ class AuditLog:
             if log is None:
                 ops = self._file_ops(tenant) if self._file_ops is not None else None
                 log = TenantLog(
-                    self.directory / tenant, group_commit=self._group_commit, file_ops=ops
+                    self.directory / tenant,
+                    group_commit=self._group_commit,
+                    file_ops=ops,
+                    on_disk_full=self.reserve.release,
                 )
                 self._logs[tenant] = log
             return log
@@ -190,13 +201,18 @@ class AuditLog:
         return self.signer.sign_note(body)
 
     def _publish(self, tenant: str, log: TenantLog) -> str:
+        """Sign the durable tree; persist it (best effort: a full disk must not block reads)."""
         with self._publish_lock:
             size, root = log.snapshot()
             last = self._published.get(tenant)
             if last is not None and last[0] == size:
                 return last[1]
             note = self._sign_checkpoint(tenant, size, root)
-            log.write_checkpoint(note)
+            try:
+                log.write_checkpoint(note)
+            except OSError as exc:  # the persisted checkpoint only lags; retried next time
+                _log.error("audit checkpoint for %s not persisted: %s", tenant, exc.strerror)
+                return note
             self._published[tenant] = (size, note)
             return note
 
@@ -213,8 +229,7 @@ class AuditLog:
         with self._lock:
             logs = list(self._logs.items())
         for tenant, log in logs:
-            if not log.failed:
-                self._publish(tenant, log)
+            self._publish(tenant, log)
 
     def _publish_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -222,6 +237,7 @@ class AuditLog:
                 self.publish_checkpoints()
             except (OSError, AuditLogError) as exc:
                 _log.error("audit checkpoint publication failed: %s", exc)
+            self.reserve.ensure()
 
     def inclusion_proof(self, tenant: str, index: int, tree_size: int) -> list[bytes]:
         return self._tenant(tenant).inclusion_proof(index, tree_size)
@@ -248,13 +264,17 @@ class AuditLog:
         *,
         since: datetime | None = None,
         until: datetime | None = None,
+        start: int = 0,
         fmt: ExportFormat | Collection[ExportFormat] = ExportFormat.JSONL,
     ) -> ExportResult:
-        """Write a verifiable export of the tenant's log (records with ``since <= time < until``).
+        """Write a verifiable export of the tenant's log.
 
-        Without ``since``/``until`` the export is full: ``entries.jsonl`` is exactly the signed
-        tree and ``leafhashes.bin`` lists its leaf hashes. Otherwise ``proofs.jsonl`` ties every
-        exported entry to the checkpoint. ``attestation/`` is created empty for the caller.
+        It holds the records with index ``>= start`` and ``since <= time < until``. Without
+        any of these the export is full: ``entries.jsonl`` is exactly the signed tree and
+        ``leafhashes.bin`` lists its leaf hashes. Otherwise ``proofs.jsonl`` ties every exported
+        entry to the checkpoint. ``attestation/`` is created empty for the caller. Every file is
+        written streaming (the log is read a few MiB at a time), so memory does not grow with
+        the log.
         """
         formats = {fmt} if isinstance(fmt, ExportFormat) else set(fmt)
         out = Path(out_dir)
@@ -263,32 +283,37 @@ class AuditLog:
             raise AuditLogError(f"export directory {out} is not empty")
         log = self._tenant(tenant)
         size, root = log.snapshot()
-        lines = log.lines(size)
+        if start < 0:
+            raise AuditLogError(f"export start {start} is negative")
+        start = min(start, size)
         note = self._sign_checkpoint(tenant, size, root)
-        ranged = since is not None or until is not None
-        if ranged:
-            indices = [
-                i
-                for i, line in enumerate(lines)
-                if (since is None or _line_time(line) >= since)
-                and (until is None or _line_time(line) < until)
-            ]
-        else:
-            indices = list(range(size))
+        ranged = since is not None or until is not None or start > 0
+
+        def selected() -> Iterator[tuple[int, bytes]]:
+            for i, line in enumerate(log.iter_lines(size, start), start):
+                if ranged and (
+                    (since is not None and _line_time(line) < since)
+                    or (until is not None and _line_time(line) >= until)
+                ):
+                    continue
+                yield i, line
+
         files = [ENTRIES_FILE, CHECKPOINT_FILE, PUBKEY_FILE]
+        count = 0
         with (out / ENTRIES_FILE).open("wb") as f:
-            for i in indices:
-                f.write(lines[i] + b"\n")
+            for _, line in selected():
+                f.write(line + b"\n")
+                count += 1
         if ranged:
-            with (out / PROOFS_FILE).open("w", encoding="utf-8") as f:
-                for i in indices:
+            with (out / PROOFS_FILE).open("w", encoding="utf-8") as proofs:
+                for i, _ in selected():
                     proof = log.inclusion_proof(i, size)
                     row = {
                         "index": i,
                         "leaf_hash": base64.b64encode(log.leaf_hash(i)).decode(),
                         "proof": [base64.b64encode(p).decode() for p in proof],
                     }
-                    f.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    proofs.write(json.dumps(row, separators=(",", ":")) + "\n")
             files.append(PROOFS_FILE)
         else:
             (out / LEAF_HASHES_FILE).write_bytes(log.leaf_hashes(size))
@@ -296,20 +321,22 @@ class AuditLog:
         (out / CHECKPOINT_FILE).write_text(note, encoding="utf-8")
         (out / PUBKEY_FILE).write_text(self.vkey + "\n", encoding="utf-8")
         (out / ATTESTATION_DIR).mkdir()
-        origin = self.origin(tenant)
-        if formats & {ExportFormat.OCSF, ExportFormat.CSV}:
-            rows = [(i, log.leaf_hash(i), AuditRecord.from_line(lines[i])) for i in indices]
-            if ExportFormat.OCSF in formats:
-                write_ocsf(out / "ocsf.jsonl", rows, origin)
-                files.append("ocsf.jsonl")
-            if ExportFormat.CSV in formats:
-                write_csv(out / "entries.csv", rows)
-                files.append("entries.csv")
+
+        def rows() -> Iterator[tuple[int, bytes, AuditRecord]]:
+            for i, line in selected():
+                yield i, log.leaf_hash(i), AuditRecord.from_line(line)
+
+        if ExportFormat.OCSF in formats:
+            write_ocsf(out / "ocsf.jsonl", rows(), self.origin(tenant))
+            files.append("ocsf.jsonl")
+        if ExportFormat.CSV in formats:
+            write_csv(out / "entries.csv", rows())
+            files.append("entries.csv")
         return ExportResult(
             directory=out,
             tenant=tenant,
             tree_size=size,
-            entry_count=len(indices),
+            entry_count=count,
             checkpoint=note,
             files=tuple(files),
         )
@@ -317,22 +344,26 @@ class AuditLog:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop publishing, flush every tenant's queue, publish final checkpoints, close files."""
+        """Stop publishing, flush every tenant's queue, publish final checkpoints, close files.
+
+        Never raises: one log's failure must not leave the others open.
+        """
         self._stop.set()
         if self._publisher is not None:
             self._publisher.join()
         with self._lock:
             logs = list(self._logs.items())
-        for _, log in logs:
-            log.close()
-        for tenant, log in logs:
-            if not log.failed:
-                try:
-                    self._publish(tenant, log)
-                except OSError as exc:
-                    _log.error("final audit checkpoint for %s failed: %s", tenant, exc)
-        with self._lock:
             self._logs.clear()
+        for tenant, log in logs:
+            try:
+                log.close()
+            except OSError as exc:
+                _log.error("closing the audit log of %s failed: %s", tenant, exc.strerror)
+        for tenant, log in logs:
+            try:
+                self._publish(tenant, log)
+            except (OSError, AuditLogError) as exc:
+                _log.error("final audit checkpoint for %s failed: %s", tenant, exc)
 
     def __enter__(self) -> AuditLog:
         return self

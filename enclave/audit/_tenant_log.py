@@ -5,9 +5,18 @@ its newline) is a Merkle leaf. ``append`` returns a leaf index only after the li
 (``fsync``). A single writer thread takes every record queued since its last flush, writes them
 in one ``write`` and makes them durable with one ``fsync``, so concurrent appenders share fsyncs.
 
-Any write or fsync error stops the log for good: the batch in flight, everything queued and every
-later append fail with ``AuditLogError``; the file is cut back to its last durable length (best
-effort) so no unacknowledged line survives a clean restart.
+A write or fsync error (ENOSPC, EIO, ...) fails the batch in flight with ``AuditLogError`` and
+nothing else: the file is cut back to its last durable length and that length is made durable,
+and the next batch tries again, so the log resumes by itself once the disk has room. After a
+failed ``fsync`` the state of the page cache is unknown, so the batch is never retried in place:
+it is cut off and reported failed. If the cut itself fails, every later batch re-cuts (and checks
+the file's length) before it writes, so an acknowledged line never sits after unacknowledged
+bytes. Reads (size, roots, proofs, lines) use the in-memory tree and the durable prefix of the
+file, so they keep working while appends fail.
+
+``on_disk_full`` (optional) is called when a write fails because the disk is full; if it frees
+space (the audit headroom reserve) and returns ``True``, the batch is cut back and written once
+more before it is reported failed.
 
 On open, a torn tail (bytes after the last newline, left by a crash mid-write) is cut back to the
 last complete record and logged; it is never kept silently. The tree is rebuilt from the file and
@@ -22,6 +31,7 @@ import logging
 import os
 import threading
 from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,14 +45,17 @@ _log = logging.getLogger("veil.audit")
 ENTRIES = "entries.jsonl"
 CHECKPOINT = "checkpoint"
 _READ_CHUNK = 1 << 22
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class FileOps(Protocol):
-    """The two system calls the writer makes durable records with (injectable for tests)."""
+    """The system calls the writer makes records durable with (injectable for tests)."""
 
     def write(self, fd: int, data: bytes) -> int: ...
 
     def fsync(self, fd: int) -> None: ...
+
+    def truncate(self, fd: int, length: int) -> None: ...
 
 
 class OsFileOps:
@@ -52,6 +65,9 @@ class OsFileOps:
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
 
 @dataclass
 class _Batch:
@@ -60,6 +76,10 @@ class _Batch:
     done: threading.Event = field(default_factory=threading.Event)
     first_index: int = -1
     error: AuditLogError | None = None
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
 
 
 def fsync_dir(path: Path) -> None:
@@ -79,6 +99,7 @@ class TenantLog:
         *,
         group_commit: bool = True,
         file_ops: FileOps | None = None,
+        on_disk_full: Callable[[], bool] | None = None,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -92,8 +113,10 @@ class TenantLog:
         self._queue_cv = threading.Condition(self._queue_lock)
         self._batch = _Batch()
         self._closing = False
-        self._failure: AuditLogError | None = None
-        self._io_lock = threading.Lock()  # one-fsync-per-record mode
+        self._on_disk_full = on_disk_full
+        self._last_error: AuditLogError | None = None  # the latest batch's failure, if it failed
+        self._dirty = False  # bytes past the durable length may be in the file: cut first
+        self._io_lock = threading.Lock()  # serialises writes (and the one-fsync mode)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self._durable = self._recover()
@@ -170,8 +193,6 @@ class TenantLog:
         if not self._group_commit:
             return self._append_now(line, leaf)
         with self._queue_cv:
-            if self._failure is not None:
-                raise self._failure
             if self._closing:
                 raise AuditLogError(f"audit log {self.directory.name} is closed")
             batch = self._batch
@@ -187,25 +208,82 @@ class TenantLog:
 
     def _append_now(self, line: bytes, leaf: bytes) -> int:
         with self._io_lock:
-            if self._failure is not None:
-                raise self._failure
             if self._closing:
                 raise AuditLogError(f"audit log {self.directory.name} is closed")
-            try:
-                self._write_all(line + b"\n")
-                self._ops.fsync(self._fd)
-            except Exception as exc:
-                self._fail(exc)
-                assert self._failure is not None
-                raise self._failure from exc
+            self._persist([line])
             return self._commit([line], [leaf])
 
+    def _persist(self, lines: list[bytes]) -> None:
+        """Make ``lines`` durable after the durable prefix, or raise with the file cut back."""
+        data = b"".join(line + b"\n" for line in lines)
+        retried = False
+        while True:
+            try:
+                self._cut_if_dirty()
+                self._dirty = True  # from here until the fsync returns, the tail is unknown
+                self._write_all(data)
+                self._ops.fsync(self._fd)
+            except Exception as exc:  # OSError in practice; anything else must not hang appenders
+                self._cut_back()
+                if not retried and _disk_full(exc) and self._release_space():
+                    retried = True
+                    continue
+                self._last_error = self._error(exc)
+                raise self._last_error from exc
+            self._dirty = False
+            if self._last_error is not None:
+                _log.warning("audit log %s: appends succeed again", self.path)
+                self._last_error = None
+            return
+
+    def _release_space(self) -> bool:
+        try:
+            return self._on_disk_full is not None and self._on_disk_full()
+        except Exception:  # a failing hook must not turn into a lost batch
+            _log.exception("audit log %s: releasing disk headroom failed", self.path)
+            return False
+
+    def _cut_if_dirty(self) -> None:
+        """Before writing: the file must end exactly at the durable length."""
+        if not self._dirty and os.fstat(self._fd).st_size == self._durable:
+            return
+        self._ops.truncate(self._fd, self._durable)
+        self._ops.fsync(self._fd)
+        self._dirty = False
+
+    def _cut_back(self) -> None:
+        """After a failed write/fsync: drop unacknowledged bytes (the next batch re-cuts if not)."""
+        try:
+            self._ops.truncate(self._fd, self._durable)
+            self._ops.fsync(self._fd)
+        except OSError as exc:
+            _log.error(
+                "audit log %s: could not cut back to %d bytes (%s); the next append re-cuts",
+                self.path,
+                self._durable,
+                exc.strerror or exc,
+            )
+            self._dirty = True
+        else:
+            self._dirty = False
+
+    def _error(self, exc: Exception) -> AuditLogError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        _log.error(
+            "audit log %s: append failed (%s); it is retried with the next one", self.path, reason
+        )
+        return AuditLogError(
+            f"audit log {self.directory.name} is unavailable: write/fsync failed ({reason}); "
+            "the record was not written, retry later"
+        )
+
     def _write_all(self, data: bytes) -> None:
-        while data:
-            written = self._ops.write(self._fd, data)
+        view = memoryview(data)
+        while view:
+            written = self._ops.write(self._fd, bytes(view))
             if written <= 0:
                 raise OSError(errno.EIO, "write made no progress")
-            data = data[written:]
+            view = view[written:]
 
     def _commit(self, lines: list[bytes], hashes: list[bytes]) -> int:
         with self._tree_lock:
@@ -218,18 +296,6 @@ class TenantLog:
             self._durable = offset
         return first
 
-    def _fail(self, exc: Exception) -> None:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self._failure = AuditLogError(
-            f"audit log {self.directory.name} stopped: write/fsync failed "
-            f"({reason}); no further records are accepted"
-        )
-        _log.error("audit log %s stopped after an I/O error: %s", self.path, exc)
-        try:  # leave no unacknowledged bytes behind (best effort; recovery copes if this fails)
-            os.ftruncate(self._fd, self._durable)
-        except OSError:
-            _log.error("audit log %s: could not cut back to %d bytes", self.path, self._durable)
-
     def _run(self) -> None:
         while True:
             with self._queue_cv:
@@ -240,25 +306,21 @@ class TenantLog:
                     return
                 self._batch = _Batch()
             try:
-                self._write_all(b"".join(line + b"\n" for line in batch.lines))
-                self._ops.fsync(self._fd)
-            except Exception as exc:  # OSError in practice; anything else must not hang appenders
-                with self._queue_cv:
-                    self._fail(exc)
-                    batch.error = self._failure
-                    pending, self._batch = self._batch, _Batch()
-                    pending.error = self._failure
-                batch.done.set()
-                pending.done.set()
-                return
-            batch.first_index = self._commit(batch.lines, batch.hashes)
+                with self._io_lock:
+                    self._persist(batch.lines)
+                    batch.first_index = self._commit(batch.lines, batch.hashes)
+            except AuditLogError as exc:
+                batch.error = exc
+            except Exception as exc:  # never leave appenders waiting
+                batch.error = self._error(exc)
             batch.done.set()
 
     # -- reading -------------------------------------------------------------------------------
 
     @property
     def failed(self) -> bool:
-        return self._failure is not None
+        """Whether the latest append failed (the next one tries again)."""
+        return self._last_error is not None
 
     @property
     def size(self) -> int:
@@ -290,18 +352,28 @@ class TenantLog:
         with self._tree_lock:
             return self._tree.leaf_hashes(size)
 
-    def lines(self, size: int) -> list[bytes]:
-        """The first ``size`` durable lines (without newlines)."""
+    def iter_lines(self, size: int, start: int = 0) -> Iterator[bytes]:
+        """Durable lines ``start..size-1`` (without newlines), read a few MiB at a time."""
         with self._tree_lock:
-            if not 0 <= size <= self._tree.size:
-                raise AuditLogError(f"tree size {size} is outside 0..{self._tree.size}")
+            if not 0 <= start <= size <= self._tree.size:
+                raise AuditLogError(f"range {start}..{size} is outside 0..{self._tree.size}")
+            offset = self._ends[start - 1] if start else 0
             end = self._ends[size - 1] if size else 0
-        data = os.pread(self._fd, end, 0) if end else b""
-        if len(data) != end:
-            raise AuditLogError(f"audit log {self.path} is shorter than its durable length")
-        out = data.split(b"\n")
-        out.pop()
-        return out
+        fd = os.open(self.path, os.O_RDONLY)  # its own descriptor: close() may run meanwhile
+        try:
+            carry = b""
+            while offset < end:
+                chunk = os.pread(fd, min(_READ_CHUNK, end - offset), offset)
+                if not chunk:
+                    raise AuditLogError(f"audit log {self.path} is shorter than its durable length")
+                offset += len(chunk)
+                parts = (carry + chunk).split(b"\n")
+                carry = parts.pop()
+                yield from parts
+            if carry:
+                raise AuditLogError(f"audit log {self.path} does not end its durable part cleanly")
+        finally:
+            os.close(fd)
 
     def write_checkpoint(self, note: str) -> None:
         """Persist a signed checkpoint atomically (temp file, fsync, rename, fsync dir)."""
@@ -324,5 +396,7 @@ class TenantLog:
             self._writer.join()
         with self._io_lock:
             if self._fd >= 0:
+                if self._dirty:  # a failed cut-back: one more try, so a restart finds no tail
+                    self._cut_back()
                 os.close(self._fd)
                 self._fd = -1

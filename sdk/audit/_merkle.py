@@ -4,9 +4,10 @@ Leaves are hashed as ``SHA-256(0x00 || data)``, interior nodes as ``SHA-256(0x01
 and the root of the empty tree is ``SHA-256("")``.
 
 ``MerkleTree`` is an append-only tree that keeps every leaf hash and every complete (aligned,
-power-of-two) subtree root in flat ``bytearray`` levels, so appending costs one leaf hash plus
-on average one node hash, and any root, inclusion proof or consistency proof for any tree size
-up to the current one needs only O(log² n) work, never a rehash of the log.
+power-of-two) subtree root of ``2**STORED_FROM`` leaves or more in flat ``bytearray`` levels, so
+appending costs one leaf hash plus on average one node hash, and any root, inclusion proof or
+consistency proof for any tree size up to the current one needs only O(log² n) work, never a
+rehash of the log. Memory: 32 bytes per leaf plus ``64 / 2**STORED_FROM`` (4) for the levels.
 """
 
 from __future__ import annotations
@@ -74,18 +75,27 @@ def root_from_leaf_hashes(leaf_hashes: Iterable[bytes]) -> bytes:
     return root
 
 
+# Levels 1 .. STORED_FROM - 1 are not kept (they would add 28 of every 32 bytes per leaf the
+# interior costs): a node there is rehashed from its at most 2**STORED_FROM leaves when a proof
+# needs it, and only the newest node of each is kept, as the left sibling the next append needs.
+STORED_FROM = 4
+
+
 class MerkleTree:
     """Append-only RFC 9162 tree with cached complete-subtree roots.
 
-    ``levels[k]`` holds, as 32-byte slots in one bytearray, the roots of the complete subtrees of
-    ``2**k`` leaves aligned at multiples of ``2**k``; ``levels[0]`` is the leaf hashes. Not
+    ``_leaves`` holds the leaf hashes and ``_upper[j]`` the roots of the complete subtrees of
+    ``2**(STORED_FROM + j)`` leaves aligned at multiples of that, as 32-byte slots in one
+    bytearray each; ``_edge[k]`` is the newest complete node of level ``k < STORED_FROM``. Not
     thread-safe: the owner serialises appends against reads.
     """
 
-    __slots__ = ("_levels", "_size")
+    __slots__ = ("_edge", "_leaves", "_size", "_upper")
 
     def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
-        self._levels: list[bytearray] = [bytearray()]
+        self._leaves = bytearray()
+        self._upper: list[bytearray] = []
+        self._edge: list[bytes] = [b""] * STORED_FROM
         self._size = 0
         for leaf in leaf_hashes:
             self.append_hash(leaf)
@@ -103,36 +113,54 @@ class MerkleTree:
         if len(leaf_hash) != HASH_SIZE:
             raise AuditLogError(f"leaf hash is {len(leaf_hash)} bytes, expected {HASH_SIZE}")
         index = self._size
-        levels = self._levels
-        levels[0] += leaf_hash
-        node = leaf_hash
+        self._leaves += leaf_hash
+        node = bytes(leaf_hash)
         pos = index
         level = 0
-        # every time the new leaf completes a right child, its parent becomes complete too
-        while pos & 1:
-            left = bytes(levels[level][(pos - 1) * HASH_SIZE : pos * HASH_SIZE])
+        # every time the new leaf completes a right child, its parent becomes complete too; a
+        # left child below STORED_FROM is kept as its level's edge, the sibling of the next one
+        while True:
+            if level >= STORED_FROM:
+                if len(self._upper) == level - STORED_FROM:
+                    self._upper.append(bytearray())
+                self._upper[level - STORED_FROM] += node
+            if not pos & 1:
+                if level < STORED_FROM:
+                    self._edge[level] = node
+                break
+            left = self._edge[level] if level < STORED_FROM else self._complete(level, pos - 1)
             node = _sha256(_NODE + left + node).digest()
             level += 1
             pos >>= 1
-            if len(levels) == level:
-                levels.append(bytearray())
-            levels[level] += node
         self._size = index + 1
         return index
 
     def leaf_hash(self, index: int) -> bytes:
         if not 0 <= index < self._size:
             raise AuditLogError(f"leaf index {index} is outside the tree of size {self._size}")
-        return bytes(self._levels[0][index * HASH_SIZE : (index + 1) * HASH_SIZE])
+        return bytes(self._leaves[index * HASH_SIZE : (index + 1) * HASH_SIZE])
 
     def leaf_hashes(self, size: int | None = None) -> bytes:
         """The first ``size`` leaf hashes, concatenated (32 bytes each)."""
         size = self._size if size is None else size
         self._check_size(size)
-        return bytes(self._levels[0][: size * HASH_SIZE])
+        return bytes(self._leaves[: size * HASH_SIZE])
 
     def _complete(self, level: int, pos: int) -> bytes:
-        return bytes(self._levels[level][pos * HASH_SIZE : (pos + 1) * HASH_SIZE])
+        """Root of the complete subtree of ``2**level`` leaves at position ``pos`` of its level."""
+        if level >= STORED_FROM:
+            slots = self._upper[level - STORED_FROM]
+            return bytes(slots[pos * HASH_SIZE : (pos + 1) * HASH_SIZE])
+        first = pos << level
+        nodes = [
+            bytes(self._leaves[i * HASH_SIZE : (i + 1) * HASH_SIZE])
+            for i in range(first, first + (1 << level))
+        ]
+        while len(nodes) > 1:
+            nodes = [
+                _sha256(_NODE + nodes[i] + nodes[i + 1]).digest() for i in range(0, len(nodes), 2)
+            ]
+        return nodes[0]
 
     def _subtree(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]) where ``start`` is aligned to a power of two >= end - start."""

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sdk._errors import VeilError
-from sdk.audit._export import verify_export
+from sdk.audit import Checkpoint, SignedNote
+from sdk.audit._export import CHECKPOINT_FILE, verify_export
 
 __all__ = ["register"]
 
@@ -53,7 +54,12 @@ def register(subparsers: Any) -> None:
     export = commands.add_parser("export", help="export this tenant's log from an enclave")
     add_client_options(export)
     export.add_argument("--out", required=True, metavar="DIR", help="empty or new directory")
-    export.add_argument("--since", metavar="ISO8601", help="first record time (inclusive)")
+    export.add_argument(
+        "--since",
+        metavar="ISO8601|INDEX",
+        help="first record time (inclusive), or first leaf index: pass the tree size an earlier "
+        "export printed to fetch only what was added since (with proofs into the new checkpoint)",
+    )
     export.add_argument("--until", metavar="ISO8601", help="last record time (exclusive)")
     export.add_argument(
         "--format",
@@ -76,14 +82,19 @@ def _usage(parser: argparse.ArgumentParser) -> Any:
 def _export(args: argparse.Namespace) -> int:
     from sdk.cli import client_from_args, parse_time
 
+    since: datetime | int | None = None
+    if args.since:
+        since = int(args.since) if args.since.isdigit() else parse_time(args.since)
     with client_from_args(args) as client:
         out = client.export_audit(
             args.out,
-            since=parse_time(args.since) if args.since else None,
+            since=since,
             until=parse_time(args.until) if args.until else None,
             formats=[f for f in args.format if f != "jsonl"],
         )
-    print(f"exported to {out}")
+    note = SignedNote.from_text((out / CHECKPOINT_FILE).read_bytes())
+    size = Checkpoint.from_text(note.text).size
+    print(f"exported to {out} (tree size {size}; continue later with --since {size})")
     return 0
 
 

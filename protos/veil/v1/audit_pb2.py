@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/audit.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"\x13\n\x11\x43heckpointRequest\"6\n\x12\x43heckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04vkey\x18\x02 \x01(\t\">\n\x15InclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"N\n\x16InclusionProofResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05proof\x18\x02 \x03(\x0c\x12\x11\n\ttree_size\x18\x03 \x01(\x04\"B\n\x17\x43onsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"R\n\x18\x43onsistencyProofResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05proof\x18\x02 \x03(\x0c\x12\x13\n\x0bsecond_size\x18\x03 \x01(\x04\"D\n\rExportRequest\x12\x10\n\x08since_ms\x18\x01 \x01(\x03\x12\x10\n\x08until_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x66ormats\x18\x03 \x03(\t\"q\n\x0e\x45xportResponse\x12\x31\n\x05\x66iles\x18\x01 \x03(\x0b\x32\".veil.v1.ExportResponse.FilesEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\x9e\x02\n\x0c\x41uditService\x12@\n\rGetCheckpoint\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse\x12\x44\n\x11GetInclusionProof\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse\x12\x46\n\x13GetConsistencyProof\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse\x12>\n\x0b\x45xportAudit\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13veil/v1/audit.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\"\x13\n\x11\x43heckpointRequest\"6\n\x12\x43heckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04vkey\x18\x02 \x01(\t\">\n\x15InclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"N\n\x16InclusionProofResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05proof\x18\x02 \x03(\x0c\x12\x11\n\ttree_size\x18\x03 \x01(\x04\"B\n\x17\x43onsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"R\n\x18\x43onsistencyProofResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\r\n\x05proof\x18\x02 \x03(\x0c\x12\x13\n\x0bsecond_size\x18\x03 \x01(\x04\"X\n\rExportRequest\x12\x10\n\x08since_ms\x18\x01 \x01(\x03\x12\x10\n\x08until_ms\x18\x02 \x01(\x03\x12\x0f\n\x07\x66ormats\x18\x03 \x03(\t\x12\x12\n\nfrom_index\x18\x04 \x01(\x04\"q\n\x0e\x45xportResponse\x12\x31\n\x05\x66iles\x18\x01 \x03(\x0b\x32\".veil.v1.ExportResponse.FilesEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"9\n\x0b\x45xportChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\nExportFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"W\n\rExportSummary\x12\"\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x13.veil.v1.ExportFile\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\"o\n\x13\x45xportStreamMessage\x12%\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x14.veil.v1.ExportChunkH\x00\x12)\n\x07summary\x18\x02 \x01(\x0b\x32\x16.veil.v1.ExportSummaryH\x00\x42\x06\n\x04kind2\xe6\x02\n\x0c\x41uditService\x12@\n\rGetCheckpoint\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse\x12\x44\n\x11GetInclusionProof\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse\x12\x46\n\x13GetConsistencyProof\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse\x12>\n\x0b\x45xportAudit\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse\x12\x46\n\x11\x45xportAuditStream\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,11 +47,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONSISTENCYPROOFRESPONSE']._serialized_start=343
   _globals['_CONSISTENCYPROOFRESPONSE']._serialized_end=425
   _globals['_EXPORTREQUEST']._serialized_start=427
-  _globals['_EXPORTREQUEST']._serialized_end=495
-  _globals['_EXPORTRESPONSE']._serialized_start=497
-  _globals['_EXPORTRESPONSE']._serialized_end=610
-  _globals['_EXPORTRESPONSE_FILESENTRY']._serialized_start=566
-  _globals['_EXPORTRESPONSE_FILESENTRY']._serialized_end=610
-  _globals['_AUDITSERVICE']._serialized_start=613
-  _globals['_AUDITSERVICE']._serialized_end=899
+  _globals['_EXPORTREQUEST']._serialized_end=515
+  _globals['_EXPORTRESPONSE']._serialized_start=517
+  _globals['_EXPORTRESPONSE']._serialized_end=630
+  _globals['_EXPORTRESPONSE_FILESENTRY']._serialized_start=586
+  _globals['_EXPORTRESPONSE_FILESENTRY']._serialized_end=630
+  _globals['_EXPORTCHUNK']._serialized_start=632
+  _globals['_EXPORTCHUNK']._serialized_end=689
+  _globals['_EXPORTFILE']._serialized_start=691
+  _globals['_EXPORTFILE']._serialized_end=747
+  _globals['_EXPORTSUMMARY']._serialized_start=749
+  _globals['_EXPORTSUMMARY']._serialized_end=836
+  _globals['_EXPORTSTREAMMESSAGE']._serialized_start=838
+  _globals['_EXPORTSTREAMMESSAGE']._serialized_end=949
+  _globals['_AUDITSERVICE']._serialized_start=952
+  _globals['_AUDITSERVICE']._serialized_end=1310
 # @@protoc_insertion_point(module_scope)

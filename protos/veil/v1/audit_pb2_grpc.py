@@ -54,6 +54,11 @@ class AuditServiceStub:
                 request_serializer=veil_dot_v1_dot_common__pb2.SealedRequest.SerializeToString,
                 response_deserializer=veil_dot_v1_dot_common__pb2.SealedResponse.FromString,
                 _registered_method=True)
+        self.ExportAuditStream = channel.unary_stream(
+                '/veil.v1.AuditService/ExportAuditStream',
+                request_serializer=veil_dot_v1_dot_common__pb2.SealedRequest.SerializeToString,
+                response_deserializer=veil_dot_v1_dot_common__pb2.SealedResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -81,7 +86,18 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportAudit(self, request, context):
-        """Sealed ExportRequest -> sealed ExportResponse (the files of an export directory).
+        """Sealed ExportRequest -> sealed ExportResponse (the files of an export directory), for
+        exports that fit in one message; a larger one is refused with RESOURCE_EXHAUSTED
+        "too-large": use ExportAuditStream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAuditStream(self, request, context):
+        """Sealed ExportRequest -> a stream of sealed ExportStreamMessage (since protocol 1.1): the
+        export's files in numbered chunks (seq 0, 1, ...; final = false), then one ExportSummary
+        (final = true) that carries the receipt and each file's size and SHA-256. Any size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,6 +123,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
             ),
             'ExportAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportAudit,
+                    request_deserializer=veil_dot_v1_dot_common__pb2.SealedRequest.FromString,
+                    response_serializer=veil_dot_v1_dot_common__pb2.SealedResponse.SerializeToString,
+            ),
+            'ExportAuditStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAuditStream,
                     request_deserializer=veil_dot_v1_dot_common__pb2.SealedRequest.FromString,
                     response_serializer=veil_dot_v1_dot_common__pb2.SealedResponse.SerializeToString,
             ),
@@ -217,6 +238,33 @@ class AuditService:
             request,
             target,
             '/veil.v1.AuditService/ExportAudit',
+            veil_dot_v1_dot_common__pb2.SealedRequest.SerializeToString,
+            veil_dot_v1_dot_common__pb2.SealedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAuditStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/veil.v1.AuditService/ExportAuditStream',
             veil_dot_v1_dot_common__pb2.SealedRequest.SerializeToString,
             veil_dot_v1_dot_common__pb2.SealedResponse.FromString,
             options,

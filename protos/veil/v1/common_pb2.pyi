@@ -2,8 +2,8 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -59,12 +59,24 @@ class SealedResponse(_message.Message):
     def __init__(self, request_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ..., seq: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class ResponseBody(_message.Message):
-    __slots__ = ("payload", "receipt")
+    __slots__ = ("payload", "receipt", "error")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     receipt: str
-    def __init__(self, payload: _Optional[bytes] = ..., receipt: _Optional[str] = ...) -> None: ...
+    error: ErrorBody
+    def __init__(self, payload: _Optional[bytes] = ..., receipt: _Optional[str] = ..., error: _Optional[_Union[ErrorBody, _Mapping]] = ...) -> None: ...
+
+class ErrorBody(_message.Message):
+    __slots__ = ("code", "reason", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    reason: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RequestBody(_message.Message):
     __slots__ = ("response_key", "api_key", "payload")
