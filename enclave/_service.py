@@ -59,6 +59,19 @@ def _parse(message: M, payload: bytes) -> M:
     return message
 
 
+def _sealed_stream(
+    opened: OpenedRequest, messages: Iterator[common_pb2.SealedResponse]
+) -> Iterator[common_pb2.SealedResponse]:
+    """A sealed response stream whose failure is sealed as the message after those already out."""
+    sent = 0
+    try:
+        for message in messages:
+            yield message
+            sent += 1
+    except Exception as exc:
+        raise SealedFailure(exc, opened, seq=sent) from exc
+
+
 class _Servicer:
     def __init__(self, enclave: Enclave) -> None:
         self._enclave = enclave
@@ -214,20 +227,17 @@ class AuditServicer(_Servicer, audit_pb2_grpc.AuditServiceServicer):
     ) -> Iterator[common_pb2.SealedResponse]:
         """Any size: sealed, numbered chunks of the export's files, then a receipted summary."""
         origin = context.peer()
-        method = Method.AUDIT_EXPORT_STREAM
-        opened = self._enclave.open_request(request, method.value, origin)
-        sent = 0
-        try:  # a failure is sealed as the message after the `sent` ones already out
+        opened = self._enclave.open_request(request, Method.AUDIT_EXPORT_STREAM.value, origin)
+
+        def export() -> Iterator[common_pb2.SealedResponse]:
             try:
                 req = _parse(audit_pb2.ExportRequest(), opened.payload)
-                for message in self._enclave.audit_export_stream(opened, req, origin):
-                    yield message
-                    sent += 1
+                yield from self._enclave.audit_export_stream(opened, req, origin)
             except Exception as exc:
                 self._enclave.record_failure(opened, EventType.AUDIT_EXPORT, origin, exc)
                 raise
-        except Exception as exc:
-            raise SealedFailure(exc, opened, seq=sent) from exc
+
+        return _sealed_stream(opened, export())
 
 
 class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
@@ -261,13 +271,7 @@ class TrainingServicer(_Servicer, training_pb2_grpc.TrainingServiceServicer):
         """Stream sealed progress while the job runs on a worker thread, then the result."""
         origin = context.peer()
         opened = self._enclave.open_request(request, Method.TRAIN.value, origin)
-        sent = 0
-        try:  # a failure is sealed as the message after the `sent` ones already out
-            for message in self._train(opened, origin, context):
-                yield message
-                sent += 1
-        except Exception as exc:
-            raise SealedFailure(exc, opened, seq=sent) from exc
+        return _sealed_stream(opened, self._train(opened, origin, context))
 
     def _train(
         self, opened: OpenedRequest, origin: str, context: grpc.ServicerContext
