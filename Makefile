@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Reliability suite (docs/RELIABILITY.md): real servers on loopback under load, hostile models,
-# idle streams, a full disk, SIGKILL; about 8 minutes on two cores. Needs root for its tmpfs.
+# idle streams, a full disk, SIGKILL; 3-4 minutes on two cores. Needs root for its tmpfs.
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak tests/soak
 

@@ -52,8 +52,7 @@ class CallClass(enum.Enum):
     REFLECTION = "reflection"  # server reflection streams
 
 
-# Caps of the classes ``[limits]`` does not name: other sealed calls, reflection (a debug aid).
-SEALED_SLOTS = 16
+# The cap of the one class ``[limits]`` does not name: reflection (a debug aid).
 REFLECTION_SLOTS = 2
 
 
@@ -89,7 +88,7 @@ class Admission:
                 CallClass.UPLOAD: limits.max_concurrent_uploads,
                 CallClass.INFERENCE: limits.max_concurrent_inferences,
                 CallClass.TRAINING: limits.max_concurrent_trainings,
-                CallClass.SEALED: SEALED_SLOTS,
+                CallClass.SEALED: limits.max_concurrent_calls,
                 CallClass.REFLECTION: REFLECTION_SLOTS,
             }
         )

@@ -123,7 +123,7 @@ class Enclave:
         self.measurement = measure(config)
         # What a crash leaves: spooled uploads, write_atomic temporaries (never the only copy).
         stale = remove_spool_files(config.data_dir) + sum(
-            remove_temp_files(config.data_dir / part) for part in ("models", "datasets")
+            remove_temp_files(config.data_dir / part) for part in ("models", "datasets", "audit")
         )
         if stale:
             log.info("removed %d temporary file(s) left by an earlier run", stale)

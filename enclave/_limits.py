@@ -54,6 +54,7 @@ class Limits:
     max_concurrent_uploads: int = 4
     max_concurrent_inferences: int = 32
     max_concurrent_trainings: int = 2
+    max_concurrent_calls: int = 64  # every other sealed call: listing, deleting, audit reads
     max_streams_per_connection: int = 32
     max_concurrent_rpcs: int = 128
     stream_idle_seconds: float = 30.0

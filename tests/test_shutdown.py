@@ -242,6 +242,7 @@ def test_stale_temporary_files_are_removed_at_startup(
         data_dir / "tmp" / "upload-3kf9.spool",
         data_dir / "models" / "default" / "secret-model" / ".v1.onnx.enc.x7a2.tmp",
         data_dir / "datasets" / "default" / f".{'ab' * 32}.enc.q1w2.tmp",
+        data_dir / "audit" / "default" / ".checkpoint.k3j4.tmp",  # killed mid-checkpoint
     ]
     kept = data_dir / "models" / "default" / "secret-model" / "notes.txt"
     for path in [*stale, kept]:
@@ -252,5 +253,5 @@ def test_stale_temporary_files_are_removed_at_startup(
     enclave.close()
     assert not [p for p in stale if p.exists()]
     assert kept.exists()
-    assert "removed 3 temporary file(s)" in caplog.text
+    assert "removed 4 temporary file(s)" in caplog.text
     assert "secret-model" not in caplog.text and ".tmp" not in caplog.text

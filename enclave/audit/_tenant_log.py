@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from enclave._disk import is_disk_full
+from enclave._files import write_atomic
 from sdk._errors import AuditLogError
 from sdk.audit import Checkpoint, MerkleTree, SignedNote, hash_leaf
 
@@ -45,7 +47,6 @@ _log = logging.getLogger("veil.audit")
 ENTRIES = "entries.jsonl"
 CHECKPOINT = "checkpoint"
 _READ_CHUNK = 1 << 22
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class FileOps(Protocol):
@@ -76,18 +77,6 @@ class _Batch:
     done: threading.Event = field(default_factory=threading.Event)
     first_index: int = -1
     error: AuditLogError | None = None
-
-
-def _disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TenantLog:
@@ -225,7 +214,7 @@ class TenantLog:
                 self._ops.fsync(self._fd)
             except Exception as exc:  # OSError in practice; anything else must not hang appenders
                 self._cut_back()
-                if not retried and _disk_full(exc) and self._release_space():
+                if not retried and is_disk_full(exc) and self._release_space():
                     retried = True
                     continue
                 self._last_error = self._error(exc)
@@ -377,15 +366,7 @@ class TenantLog:
 
     def write_checkpoint(self, note: str) -> None:
         """Persist a signed checkpoint atomically (temp file, fsync, rename, fsync dir)."""
-        tmp = self.directory / (CHECKPOINT + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, note.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.directory / CHECKPOINT)
-        fsync_dir(self.directory)
+        write_atomic(self.directory / CHECKPOINT, note.encode("utf-8"))
 
     def close(self) -> None:
         """Flush what is queued, stop the writer and close the file."""
