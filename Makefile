@@ -34,7 +34,7 @@ fuzz: $(STAMP)
 		$$(grep -l '^from hypothesis' tests/test_*.py)
 
 demo: $(STAMP)
-	$(PY) -m enclave.demo
+	$(PY) -m veil.enclave.demo
 
 bench: $(STAMP)
 	$(PY) bench/bench_inference.py

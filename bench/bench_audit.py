@@ -20,8 +20,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from enclave.audit import AuditLog, Signer
-from sdk.audit import (
+from veil.enclave.audit import AuditLog, Signer
+from veil.sdk.audit import (
     AuditRecord,
     EventType,
     MerkleTree,

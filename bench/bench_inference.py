@@ -26,10 +26,10 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from enclave_support import TENANT_KEYS, mlp_model, start, write_config
 
-from enclave.tee._simulated import SimulatedSnp
-from protos.veil.v1 import inference_pb2
-from sdk import Client
-from sdk._tensors import from_proto, to_proto
+from veil.enclave.tee._simulated import SimulatedSnp
+from veil.v1 import inference_pb2
+from veil.sdk import Client
+from veil.sdk.tensors import from_proto, to_proto
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 PLAIN_METHOD = "/bench.Plain/Infer"

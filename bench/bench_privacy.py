@@ -5,14 +5,14 @@ expected batch size, one run measures samples/s of
   * non-private SGD (same model, same batched tensor loader, shuffled fixed-size batches),
   * plain Opacus default: ``PrivacyEngine().make_private`` with hooks over a ``TensorDataset``
     ``DataLoader`` (Opacus' DPDataLoader, per-row fetch and collate),
-  * Veil: ``privacy.train`` (Poisson sampling, secure CSPRNG-reseeded noise, auto grad-sample mode),
+  * Veil: ``veil.privacy.train`` (Poisson sampling, secure CSPRNG-reseeded noise, auto grad-sample mode),
 and prints the ratios. All three run in this process with the same ``torch.set_num_threads``
 (``--threads``, checked after every run), on the same tensors, interleaved. Veil draws each
 step's secure noise one step ahead on a worker thread when the process may use two CPUs, so it
 can use a core the other two leave idle: "1-thread veil" is the same run with that worker off
 (everything on the calling thread), for comparison. For the CNN the
 non-private baseline is the faster of NCHW and NHWC (channels-last) activations, since Veil's DP
-path runs NHWC. ``--modes`` also times every grad-sample mode through ``privacy.train``
+path runs NHWC. ``--modes`` also times every grad-sample mode through ``veil.privacy.train``
 (how ``choose_grad_sample_mode`` was decided).
 
     .venv/bin/python bench/bench_privacy.py [--epochs 4] [--repeats 25] [--batch-size 256] [--modes]
@@ -33,7 +33,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy import (
+from veil.privacy import (
     GRAD_SAMPLE_MODES,
     Dataset,
     ModelSpec,
@@ -244,7 +244,7 @@ def main() -> None:
         if args.modes:
             for mode in GRAD_SAMPLE_MODES:
                 if mode == "functorch" and spec.kind == "cnn":
-                    continue  # refused for convolutions (see privacy._training)
+                    continue  # refused for convolutions (see veil.privacy._training)
                 rate = max(
                     veil(spec, ds, args.epochs, args.batch_size, mode) for _ in range(args.repeats)
                 )

@@ -31,7 +31,7 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from watermark import (  # noqa: E402
+from veil.watermark import (  # noqa: E402
     WatermarkKey,
     binomial_tail,
     embed_onnx,
@@ -39,8 +39,8 @@ from watermark import (  # noqa: E402
     verify,
     verify_trigger,
 )
-from watermark._models import SmallCNN, SmallMLP, load_digits, to_onnx, train  # noqa: E402
-from watermark._onnx_torch import OnnxModule, write_back  # noqa: E402
+from veil.watermark._models import SmallCNN, SmallMLP, load_digits, to_onnx, train  # noqa: E402
+from veil.watermark._onnx_torch import OnnxModule, write_back  # noqa: E402
 
 LR = 1e-3  # the original training learning rate (Adam)
 BASE_EPOCHS = 30

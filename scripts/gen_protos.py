@@ -1,7 +1,7 @@
-"""Regenerate the committed Python code for protos/veil/v1/*.proto (`make protos`).
+"""Regenerate the committed Python code for protos/src/veil/v1/*.proto (`make protos`).
 
 The generated modules import each other as ``veil.v1``; they live in the ``protos`` package, so
-those imports are rewritten to ``protos.veil.v1``. ``generate(out_dir)`` is also used by the test
+those imports are rewritten to ``veil.v1``. ``generate(out_dir)`` is also used by the test
 that fails when the committed code is stale.
 """
 
@@ -38,7 +38,7 @@ def generate(out_dir: Path) -> list[Path]:
         raise SystemExit("protoc failed")
     written = []
     for path in sorted((out_dir / PACKAGE_DIR).glob("*_pb2*.py*")):
-        text = _IMPORT.sub("from protos.veil.v1 import ", path.read_text())
+        text = _IMPORT.sub("from veil.v1 import ", path.read_text())
         path.write_text(text)
         written.append(path)
     return written

@@ -35,7 +35,7 @@ def vectors() -> Path:
 @pytest.fixture(scope="session")
 def tee_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One simulated platform for the whole run (RSA-4096 key generation is slow)."""
-    from enclave.tee._simulated import SimulatedSnp
+    from veil.enclave.tee._simulated import SimulatedSnp
 
     root = tmp_path_factory.mktemp("tee-template")
     SimulatedSnp.load_or_create(root)

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from enclave._config import ServerConfig
-from enclave._enclave import Enclave
-from enclave.server import RunningServer, create_server
-from enclave.tee._simulated import SimulatedSnp
-from sdk import AttestationPolicy, Client
+from veil.enclave._config import ServerConfig
+from veil.enclave._enclave import Enclave
+from veil.enclave.server import RunningServer, create_server
+from veil.enclave.tee._simulated import SimulatedSnp
+from veil.sdk import AttestationPolicy, Client
 
 TENANT_KEYS = {"default": "key-default-0123456789", "acme": "key-acme-0123456789"}
 

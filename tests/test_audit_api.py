@@ -12,16 +12,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import enclave.audit
-import sdk.audit
-from sdk._errors import VeilError
-from sdk.audit import AuditRecord, Checkpoint, Receipt, SignedNote, Verifier
+import veil.enclave.audit
+import veil.sdk.audit
+from veil.sdk.errors import VeilError
+from veil.sdk.audit import AuditRecord, Checkpoint, Receipt, SignedNote, Verifier
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_all_is_sorted_and_importable() -> None:
-    for module in (sdk.audit, enclave.audit):
+    for module in (veil.sdk.audit, veil.enclave.audit):
         assert list(module.__all__) == sorted(module.__all__)
         for name in module.__all__:
             assert getattr(module, name) is not None
@@ -30,7 +30,7 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_sdk_audit_stays_light() -> None:
     code = (
-        "import sys, sdk.audit, sdk.audit.cli\n"
+        "import sys, veil.sdk.audit, veil.sdk.audit.cli\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('enclave', 'torch', 'onnxruntime', 'opacus')]\n"
         "assert not heavy, heavy\n"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave.audit import AuditLog, Signer
-from sdk.audit import AuditRecord, verify_export
+from veil.enclave.audit import AuditLog, Signer
+from veil.sdk.audit import AuditRecord, verify_export
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 15
@@ -29,8 +29,8 @@ ROUNDS = 15
 CHILD = r"""
 import sys, threading, time
 from datetime import UTC, datetime
-from enclave.audit import AuditLog, OsFileOps, Signer
-from sdk.audit import AuditRecord, EventType, Outcome
+from veil.enclave.audit import AuditLog, OsFileOps, Signer
+from veil.sdk.audit import AuditRecord, EventType, Outcome
 
 root, rnd = sys.argv[1], int(sys.argv[2])
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from enclave.audit import AuditLog, ExportFormat, Signer
-from sdk._errors import AuditLogError, InsecureModeWarning
-from sdk.audit import (
+from veil.enclave.audit import AuditLog, ExportFormat, Signer
+from veil.sdk.errors import AuditLogError, InsecureModeWarning
+from veil.sdk.audit import (
     AuditRecord,
     Checkpoint,
     EventType,
@@ -24,7 +24,7 @@ from sdk.audit import (
     hash_leaf,
     verify_export,
 )
-from sdk.audit.cli import register
+from veil.sdk.audit.cli import register
 
 T0 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 N = 12

@@ -22,15 +22,15 @@ import grpc
 import pytest
 from enclave_support import TENANT_KEYS, Served, start, write_config
 
-from enclave.audit import AuditLog, Signer, TenantLog
-from enclave.audit import _tenant_log as tenant_log_module
-from protos.veil.v1 import audit_pb2, audit_pb2_grpc
-from sdk import AuditLogError, RemoteError
-from sdk._audit_client import ExportReceiver
-from sdk._core import ClientCore
-from sdk._errors import ProtocolError
-from sdk._protocol import Method
-from sdk.audit import AuditRecord, EventType, Outcome, verify_export
+from veil.enclave.audit import AuditLog, Signer, TenantLog
+from veil.enclave.audit import _tenant_log as tenant_log_module
+from veil.v1 import audit_pb2, audit_pb2_grpc
+from veil.sdk import AuditLogError, RemoteError
+from veil.sdk._audit_client import ExportReceiver
+from veil.sdk._core import ClientCore
+from veil.sdk.errors import ProtocolError
+from veil.sdk.protocol import Method
+from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_export
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -82,7 +82,7 @@ def big(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sdk.cli", "audit", *args],
+        [sys.executable, "-m", "veil.sdk.cli", "audit", *args],
         capture_output=True,
         text=True,
         timeout=300,

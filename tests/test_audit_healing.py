@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from enclave.audit import AuditLog, OsFileOps, Signer, TenantLog
-from sdk._errors import AuditLogError
-from sdk.audit import AuditRecord, EventType, MerkleTree, Outcome, hash_leaf, verify_checkpoint
-from sdk.audit._merkle import verify_inclusion
+from veil.enclave.audit import AuditLog, OsFileOps, Signer, TenantLog
+from veil.sdk.errors import AuditLogError
+from veil.sdk.audit import AuditRecord, EventType, MerkleTree, Outcome, hash_leaf, verify_checkpoint
+from veil.sdk.audit._merkle import verify_inclusion
 
 T0 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 
@@ -268,8 +268,8 @@ def test_close_closes_every_log_and_never_raises(tmp_path: Path) -> None:
 def test_reserve_waits_for_room_and_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from enclave.audit import HeadroomReserve
-    from enclave.audit import _reserve as reserve_module
+    from veil.enclave.audit import HeadroomReserve
+    from veil.enclave.audit import _reserve as reserve_module
 
     reserve = HeadroomReserve(tmp_path / ".headroom", 1 << 20)
 

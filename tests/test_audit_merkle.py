@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk._errors import AuditLogError
-from sdk.audit import (
+from veil.sdk.errors import AuditLogError
+from veil.sdk.audit import (
     MerkleTree,
     empty_root,
     hash_children,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from enclave.audit import Signer
-from sdk._errors import AuditLogError
-from sdk.audit import (
+from veil.enclave.audit import Signer
+from veil.sdk.errors import AuditLogError
+from veil.sdk.audit import (
     Checkpoint,
     MerkleTree,
     SignedNote,

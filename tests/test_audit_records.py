@@ -13,9 +13,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.audit import AuditLog, Signer
-from sdk._errors import AuditLogError
-from sdk.audit import (
+from veil.enclave.audit import AuditLog, Signer
+from veil.sdk.errors import AuditLogError
+from veil.sdk.audit import (
     AuditRecord,
     Checkpoint,
     DigestKey,

@@ -13,12 +13,12 @@ import warnings
 import pytest
 from enclave_support import Served
 
-from enclave._config import SYSTEM_LOG
-from enclave.audit import OsFileOps, TenantLog
-from protos.veil.v1 import models_pb2
-from sdk._core import ClientCore
-from sdk._protocol import Method
-from sdk.audit import AuditRecord, EventType, Outcome, verify_checkpoint
+from veil.enclave._config import SYSTEM_LOG
+from veil.enclave.audit import OsFileOps, TenantLog
+from veil.v1 import models_pb2
+from veil.sdk._core import ClientCore
+from veil.sdk.protocol import Method
+from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_checkpoint
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 FLOOD = 5000

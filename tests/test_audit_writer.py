@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from enclave.audit import AuditLog, OsFileOps, Signer, TenantLog
-from sdk._errors import AuditLogError
-from sdk.audit import (
+from veil.enclave.audit import AuditLog, OsFileOps, Signer, TenantLog
+from veil.sdk.errors import AuditLogError
+from veil.sdk.audit import (
     AuditRecord,
     Checkpoint,
     EventType,

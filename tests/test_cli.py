@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 from enclave_support import mlp_model
 
-VEIL = [sys.executable, "-m", "sdk.cli"]
+VEIL = [sys.executable, "-m", "veil.sdk.cli"]
 SNP = "sev-snp"
 
 

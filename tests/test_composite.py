@@ -14,15 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from sdk._errors import AttestationError, AttestationFailure, InsecureModeWarning
-from sdk.attestation._composite import gpu_nonce_for, verify_composite
-from sdk.attestation.nvidia import (
+from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
+from veil.sdk.attestation._composite import gpu_nonce_for, verify_composite
+from veil.sdk.attestation.nvidia import (
     ReferenceMeasurement,
     SpdmEvidence,
     VerifiedRim,
     verify_rim,
 )
-from sdk.attestation.tdx import TdxCollateral, TdxPolicy, verify_tdx_quote
+from veil.sdk.attestation.tdx import TdxCollateral, TdxPolicy, verify_tdx_quote
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 

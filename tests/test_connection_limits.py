@@ -25,12 +25,12 @@ import pytest
 from enclave_support import Served, mlp_model, start
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from enclave._capacity import Admission, CallClass, IdleWatchdog
-from enclave._errors import Overloaded, StorageFull, TimedOut
-from enclave._spool import SPOOL_DIR, UploadBuffer
-from enclave.server import _holding
-from protos.veil.v1 import attestation_pb2, attestation_pb2_grpc, common_pb2, models_pb2
-from sdk._errors import DecryptionError
+from veil.enclave._capacity import Admission, CallClass, IdleWatchdog
+from veil.enclave._errors import Overloaded, StorageFull, TimedOut
+from veil.enclave._spool import SPOOL_DIR, UploadBuffer
+from veil.enclave.server import _holding
+from veil.v1 import attestation_pb2, attestation_pb2_grpc, common_pb2, models_pb2
+from veil.sdk.errors import DecryptionError
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 

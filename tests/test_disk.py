@@ -1,4 +1,4 @@
-"""Free-space checks (``enclave._disk``): headroom is respected, full-disk errors are recognised."""
+"""Free-space checks (``veil.enclave._disk``): headroom is respected, full-disk errors are recognised."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave._disk import ensure_space, is_disk_full
-from enclave._errors import StorageFull
+from veil.enclave._disk import ensure_space, is_disk_full
+from veil.enclave._errors import StorageFull
 
 
 def _free_bytes(path: Path) -> int:

@@ -32,11 +32,11 @@ from hostile_models import (
     loop_bombs,
 )
 
-from enclave._admission import validate_onnx
-from enclave._errors import InvalidInput, LimitExceeded, Overloaded, TimedOut
-from enclave._limits import InferenceLimits, Limits, MiB
-from enclave._onnx import InferenceEngine
-from sdk import RemoteError
+from veil.enclave._admission import validate_onnx
+from veil.enclave._errors import InvalidInput, LimitExceeded, Overloaded, TimedOut
+from veil.enclave._limits import InferenceLimits, Limits, MiB
+from veil.enclave._onnx import InferenceEngine
+from veil.sdk import RemoteError
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from enclave_support import Served, mlp_model, start, write_config
 
-from enclave._errors import InvalidInput
-from enclave._store import MAX_VERSION, parse_ref
-from protos.veil.v1 import common_pb2, inference_pb2
-from sdk import Client, RemoteError
-from sdk._errors import ProtocolError
-from sdk._protocol import Method
-from sdk._tensors import MAX_RANK, from_proto
+from veil.enclave._errors import InvalidInput
+from veil.enclave._store import MAX_VERSION, parse_ref
+from veil.v1 import common_pb2, inference_pb2
+from veil.sdk import Client, RemoteError
+from veil.sdk.errors import ProtocolError
+from veil.sdk.protocol import Method
+from veil.sdk.tensors import MAX_RANK, from_proto
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 LIMIT = 64 * 1024 * 1024  # the default max_message_bytes, the server's per-tensor byte limit

@@ -18,7 +18,7 @@ import pytest
 from enclave_support import Served
 from onnx import TensorProto, helper
 
-from sdk import RemoteError
+from veil.sdk import RemoteError
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 X = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)

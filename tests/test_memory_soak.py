@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from enclave_support import mlp_model, start, write_config
 
-from enclave._replay import ReplayError, ReplayGuard, StaleRequestError
-from sdk.audit import MerkleTree, hash_leaf, root_from_leaf_hashes, verify_inclusion
+from veil.enclave._replay import ReplayError, ReplayGuard, StaleRequestError
+from veil.sdk.audit import MerkleTree, hash_leaf, root_from_leaf_hashes, verify_inclusion
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 SERVER_FILES = [

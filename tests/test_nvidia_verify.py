@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdk._errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
-from sdk.attestation.nvidia import (
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
+from veil.sdk.attestation.nvidia import (
     DirectoryRimStore,
     SpdmEvidence,
     VerifiedRim,
@@ -166,7 +166,7 @@ def test_matching_golden_values_pass(vectors: Path) -> None:
     rim = _rims(vectors, [RIMS[0]])[0]
     from dataclasses import replace
 
-    from sdk.attestation.nvidia import ReferenceMeasurement
+    from veil.sdk.attestation.nvidia import ReferenceMeasurement
 
     measured = ev.measurements()
     golden = tuple(

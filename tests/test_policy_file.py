@@ -15,23 +15,23 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk._errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
-from sdk.attestation import (
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
+from veil.sdk.attestation import (
     AttestationPolicy,
     SnpCertChain,
     TcbVersion,
     amd_roots,
     verify_snp_report,
 )
-from sdk.attestation._policy_file import (
+from veil.sdk.attestation._policy_file import (
     load_policy,
     load_signed_policy,
     parse_policy,
     sign_policy,
     signature_path,
 )
-from sdk.attestation.tdx import TcbStatus, TdxCollateral, intel_sgx_root_ca, verify_tdx_quote
-from sdk.policy_cli import main as policy_main
+from veil.sdk.attestation.tdx import TcbStatus, TdxCollateral, intel_sgx_root_ca, verify_tdx_quote
+from veil.sdk.policy_cli import main as policy_main
 
 TURIN_MEASUREMENT = (
     "f924dd18f168df60fbea937f0b086284d51b1b376de872ba"

@@ -13,8 +13,8 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
 
-from privacy import AccountantKind, compute_epsilon, find_noise_multiplier
-from sdk._errors import ConfigError
+from veil.privacy import AccountantKind, compute_epsilon, find_noise_multiplier
+from veil.sdk.errors import ConfigError
 
 SETTINGS = [
     # (noise multiplier, sample rate, steps, delta)

@@ -7,9 +7,9 @@ import types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import privacy
-from privacy import ModelSpec, TrainingConfig, TrainingRecord
-from sdk._errors import VeilError
+import veil.privacy as privacy
+from veil.privacy import ModelSpec, TrainingConfig, TrainingRecord
+from veil.sdk.errors import VeilError
 
 
 def test_all_is_exactly_the_public_surface() -> None:
@@ -23,8 +23,8 @@ def test_all_is_exactly_the_public_surface() -> None:
     assert exported == public
     for name in exported:
         obj = getattr(privacy, name)
-        module = getattr(obj, "__module__", "privacy._")
-        assert module.startswith("privacy._"), (name, module)  # defined in a private module
+        module = getattr(obj, "__module__", "veil.privacy._")
+        assert module.startswith("veil.privacy._"), (name, module)  # defined in a private module
 
 
 def test_error_types_are_veil_errors() -> None:

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 
-from privacy import (
+from veil.privacy import (
     Dataset,
     ModelSpec,
     NoiseMode,
@@ -22,10 +22,10 @@ from privacy import (
     choose_grad_sample_mode,
     train,
 )
-from privacy._bookkeeping import MATERIALISE_BYTES, BookKeepingClipper, supports_bookkeeping
-from privacy._dpoptim import FusedNoiseOptimizer, NoiseStream, secure_flat_noise
-from privacy._noise import NoiseSource
-from sdk._errors import ConfigError, InsecureModeWarning
+from veil.privacy._bookkeeping import MATERIALISE_BYTES, BookKeepingClipper, supports_bookkeeping
+from veil.privacy._dpoptim import FusedNoiseOptimizer, NoiseStream, secure_flat_noise
+from veil.privacy._noise import NoiseSource
+from veil.sdk.errors import ConfigError, InsecureModeWarning
 
 torch.set_num_threads(1)
 _D = load_digits()

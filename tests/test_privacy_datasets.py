@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privacy import Dataset, DatasetFormat, DatasetLimits, load_dataset
-from sdk._errors import ConfigError, VeilError
+from veil.privacy import Dataset, DatasetFormat, DatasetLimits, load_dataset
+from veil.sdk.errors import ConfigError, VeilError
 
 
 def _npz(**arrays: np.ndarray) -> bytes:

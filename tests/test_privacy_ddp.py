@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pytest
 from sklearn.datasets import load_digits
 
-from privacy import (
+from veil.privacy import (
     INPUT_NAME,
     ModelSpec,
     TrainingConfig,
@@ -33,7 +33,7 @@ from privacy import (
     load_dataset,
     train,
 )
-from sdk._errors import InsecureModeWarning
+from veil.sdk.errors import InsecureModeWarning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_two_process_dpddp_matches_single_process(
             "--nproc-per-node",
             "2",
             "-m",
-            "privacy.distributed",
+            "veil.privacy.distributed",
             str(tmp_path / "job.json"),
             str(tmp_path / "out"),
         ],

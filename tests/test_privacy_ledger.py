@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privacy import (
+from veil.privacy import (
     AccountantKind,
     BudgetConfig,
     BudgetLedger,
     TrainingPlan,
     compute_epsilon,
 )
-from sdk._errors import ConfigError, PrivacyBudgetExceeded
+from veil.sdk.errors import ConfigError, PrivacyBudgetExceeded
 
 DIGEST = "ab" * 32
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from privacy import ModelSpec, build_model, make_private_compatible
-from sdk._errors import ConfigError
+from veil.privacy import ModelSpec, build_model, make_private_compatible
+from veil.sdk.errors import ConfigError
 
 
 def test_spec_from_toml_model_table() -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from privacy import (
+from veil.privacy import (
     INPUT_NAME,
     BudgetConfig,
     BudgetLedger,
@@ -33,7 +33,7 @@ from privacy import (
     train,
     train_with_budget,
 )
-from sdk._errors import ConfigError, InsecureModeWarning, PrivacyBudgetExceeded
+from veil.sdk.errors import ConfigError, InsecureModeWarning, PrivacyBudgetExceeded
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import REPO_ROOT
 
-import sdk
+import veil.sdk as sdk
 
 
 def _generator():  # type: ignore[no-untyped-def]
@@ -25,9 +25,9 @@ def _generator():  # type: ignore[no-untyped-def]
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     generated = _generator().generate(tmp_path)
-    assert len(generated) == 3 * len(list((REPO_ROOT / "protos/veil/v1").glob("*.proto")))
+    assert len(generated) == 3 * len(list((REPO_ROOT / "protos/src/veil/v1").glob("*.proto")))
     for path in generated:
-        committed = REPO_ROOT / "protos/veil/v1" / path.name
+        committed = REPO_ROOT / "protos/src/veil/v1" / path.name
         assert committed.exists(), f"{path.name} is not committed: run `make protos`"
         assert committed.read_text() == path.read_text(), f"{path.name} is stale: run `make protos`"
 
@@ -51,7 +51,7 @@ def test_every_error_has_one_root() -> None:
 
 def test_sdk_import_pulls_no_heavy_dependencies() -> None:
     code = (
-        "import sys, sdk, sdk.cli, sdk.attestation, sdk.audit; "
+        "import sys, veil.sdk as sdk, veil.sdk.cli, veil.sdk.attestation, veil.sdk.audit; "
         "heavy = {'torch', 'onnxruntime', 'opacus', 'onnx', 'enclave'} & set(sys.modules); "
         "print(sorted(heavy))"
     )

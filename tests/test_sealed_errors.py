@@ -22,9 +22,9 @@ import pytest
 from enclave_support import TENANT_KEYS, Served
 from onnx import TensorProto, helper
 
-from enclave._errors import InvalidInput
-from enclave._status import _TABLE
-from protos.veil.v1 import (
+from veil.enclave._errors import InvalidInput
+from veil.enclave._status import _TABLE
+from veil.v1 import (
     common_pb2,
     inference_pb2,
     inference_pb2_grpc,
@@ -32,11 +32,11 @@ from protos.veil.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
-from sdk import AsyncClient, DecryptionError, ProtocolError, RemoteError
-from sdk._attested import AttestedEnclave
-from sdk._core import ClientCore, remote_error
-from sdk._protocol import Method
-from sdk._sealing import (
+from veil.sdk import AsyncClient, DecryptionError, ProtocolError, RemoteError
+from veil.sdk.evidence import AttestedEnclave
+from veil.sdk._core import ClientCore, remote_error
+from veil.sdk.protocol import Method
+from veil.sdk.sealing import (
     CLEAR_MESSAGES,
     MAX_ERROR_MESSAGE_BYTES,
     SEALED_ERROR_KEY,

@@ -12,9 +12,9 @@ from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from sdk import DecryptionError
-from sdk._protocol import Suite, chunk_aad, request_info, response_aad
-from sdk._sealing import SealedCall, decrypt_chunk, encrypt_chunk, open_response, seal_response
+from veil.sdk import DecryptionError
+from veil.sdk.protocol import Suite, chunk_aad, request_info, response_aad
+from veil.sdk.sealing import SealedCall, decrypt_chunk, encrypt_chunk, open_response, seal_response
 
 _decrypt_with_aad = _rust_openssl.hpke._decrypt_with_aad
 
@@ -97,7 +97,7 @@ def test_info_fields_are_length_prefixed_so_they_cannot_shift() -> None:
 
 
 def _call(key: bytes = bytes(32)) -> SealedCall:
-    from protos.veil.v1 import common_pb2
+    from veil.v1 import common_pb2
 
     return SealedCall(
         request=common_pb2.SealedRequest(), method="/m", request_id=b"r" * 16, response_key=key

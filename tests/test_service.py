@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from enclave_support import TENANT_KEYS, Served, mlp_model, start, write_config
 from onnx import TensorProto, helper
 
-from protos.veil.v1 import (
+from veil.v1 import (
     common_pb2,
     inference_pb2,
     inference_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
 )
-from sdk import (
+from veil.sdk import (
     AsyncClient,
     AttestationError,
     AttestationFailure,
@@ -37,9 +37,9 @@ from sdk import (
     Suite,
     TlsOptions,
 )
-from sdk._core import ClientCore, remote_error
-from sdk._protocol import Method
-from sdk._sealing import SEALED_ERROR_KEY, clear_message
+from veil.sdk._core import ClientCore, remote_error
+from veil.sdk.protocol import Method
+from veil.sdk.sealing import SEALED_ERROR_KEY, clear_message
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 X = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
@@ -150,7 +150,7 @@ def test_key_rotation_makes_the_client_reattest_once(served: Served) -> None:
 
 
 def test_untrusted_root_sends_nothing(served: Served, tmp_path: Path) -> None:
-    from enclave.tee._simulated import SimulatedSnp
+    from veil.enclave.tee._simulated import SimulatedSnp
 
     other_root = SimulatedSnp.load_or_create(tmp_path).root_pem
     with served.client(policy=AttestationPolicy.simulated_for_tests(other_root)) as client:
@@ -626,7 +626,7 @@ def test_tls_and_mutual_tls_channels(tmp_path: Path, tee_template: Path, mutual:
             client_key=files["client.key"].read_bytes() if mutual else None,
         )
         target = f"localhost:{s.running.port}"
-        from sdk import Client
+        from veil.sdk import Client
 
         with Client(target, api_key=TENANT_KEYS["default"], policy=s.policy(), tls=opts) as client:
             client.upload_model(mlp_model(), "m")

@@ -17,14 +17,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_support import TENANT_KEYS, Served, mlp_model, start
 
-from enclave.audit import Signer
-from protos.veil.v1 import common_pb2, models_pb2
-from sdk import AttestationPolicy, AuditLogError
-from sdk._audit_client import attestation_check
-from sdk._core import ClientCore
-from sdk._protocol import Method
-from sdk._sealing import seal_response
-from sdk.audit import AuditRecord, EventType, Outcome, verify_export
+from veil.enclave.audit import Signer
+from veil.v1 import common_pb2, models_pb2
+from veil.sdk import AttestationPolicy, AuditLogError
+from veil.sdk._audit_client import attestation_check
+from veil.sdk._core import ClientCore
+from veil.sdk.protocol import Method
+from veil.sdk.sealing import seal_response
+from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_export
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 X = np.random.default_rng(5).normal(size=(2, 4)).astype(np.float32)
@@ -203,7 +203,7 @@ def test_export_with_swapped_key_fails_the_attestation_binding(
 
 
 def test_export_under_the_wrong_root_is_refused(served: Served, tmp_path: Path) -> None:
-    from enclave.tee._simulated import SimulatedSnp
+    from veil.enclave.tee._simulated import SimulatedSnp
 
     out = _export(served, tmp_path / "export")
     other = AttestationPolicy.simulated_for_tests(
@@ -256,7 +256,7 @@ def test_cli_export_and_verify(served: Served, tmp_path: Path) -> None:
     key.write_text(TENANT_KEYS["default"])
     out = tmp_path / "export"
     env = dict(os.environ)
-    cmd = [sys.executable, "-m", "sdk.cli", "audit"]
+    cmd = [sys.executable, "-m", "veil.sdk.cli", "audit"]
     common = ["--target", served.address, "--trust-root", str(root), "--api-key-file", str(key)]
     exported = subprocess.run(
         [*cmd, "export", *common, "--out", str(out), "--format", "csv"],
@@ -289,7 +289,7 @@ def test_cli_export_and_verify(served: Served, tmp_path: Path) -> None:
 
 
 def test_proof_requests_out_of_range_are_refused(served: Served) -> None:
-    from sdk import RemoteError
+    from veil.sdk import RemoteError
 
     with served.client() as client:
         client.list_models()

@@ -16,9 +16,9 @@ import pytest
 from enclave_support import TENANT_KEYS, Served
 from sklearn.datasets import load_digits
 
-from sdk import AuditLogError, RemoteError
-from sdk._training import TrainingOutcome, TrainingProgress, verify_training_record
-from sdk.audit import AuditRecord, EventType
+from veil.sdk import AuditLogError, RemoteError
+from veil.sdk._training import TrainingOutcome, TrainingProgress, verify_training_record
+from veil.sdk.audit import AuditRecord, EventType
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 ROWS = 320
@@ -154,7 +154,7 @@ def test_cli_train_verify_and_budget(served: Served, digits_npz: bytes, tmp_path
     spec = tmp_path / "spec.toml"
     spec.write_text("hidden = [16]\nbatch_size = 64\nseed = 3\n")
     common = ["--target", served.address, "--trust-root", str(root), "--api-key-file", str(key)]
-    veil = [sys.executable, "-m", "sdk.cli"]
+    veil = [sys.executable, "-m", "veil.sdk.cli"]
     env = dict(os.environ)
     run = subprocess.run(
         [

@@ -10,10 +10,10 @@ import pytest
 import torch
 from enclave_support import Served
 
-from sdk import RemoteError
-from sdk.audit import AuditRecord, EventType
-from watermark import WatermarkClaim, WatermarkKey, verify
-from watermark._models import SmallMLP, load_digits, to_onnx, train
+from veil.sdk import RemoteError
+from veil.sdk.audit import AuditRecord, EventType
+from veil.watermark import WatermarkClaim, WatermarkKey, verify
+from veil.watermark._models import SmallMLP, load_digits, to_onnx, train
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 

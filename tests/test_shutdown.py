@@ -29,15 +29,15 @@ from enclave_support import TENANT_KEYS, write_config
 from onnx import TensorProto, helper
 from sklearn.datasets import load_digits
 
-from enclave._config import SYSTEM_LOG, ServerConfig
-from enclave._enclave import Enclave
-from enclave.server import DRAIN_SECONDS
-from enclave.tee._simulated import SimulatedSnp
-from sdk import AttestationPolicy, Client
+from veil.enclave._config import SYSTEM_LOG, ServerConfig
+from veil.enclave._enclave import Enclave
+from veil.enclave.server import DRAIN_SECONDS
+from veil.enclave.tee._simulated import SimulatedSnp
+from veil.sdk import AttestationPolicy, Client
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 
-GRACE_SECONDS = 5.0  # what `veil serve` gives calls in flight (enclave.cli)
+GRACE_SECONDS = 5.0  # what `veil serve` gives calls in flight (veil.enclave.cli)
 MARGIN_SECONDS = 10.0  # closing the logs, interpreter exit, a loaded test machine
 
 
@@ -82,7 +82,7 @@ class Serve:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdk.cli", "serve", "--data-dir", str(data_dir), "--port", "0"],
+            [sys.executable, "-m", "veil.sdk.cli", "serve", "--data-dir", str(data_dir), "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave.tee._simulated import DEFAULT_GUEST_POLICY, SIMULATED_TCB, SimulatedSnp
-from sdk import (
+from veil.enclave.tee._simulated import DEFAULT_GUEST_POLICY, SIMULATED_TCB, SimulatedSnp
+from veil.sdk import (
     AttestationError,
     AttestationFailure,
     AttestationPolicy,
@@ -22,7 +22,7 @@ from sdk import (
     TrustRoot,
     verify_snp_report,
 )
-from sdk.attestation._snp_report import REPORT_SIZE
+from veil.sdk.attestation.snp_report import REPORT_SIZE
 
 MEASUREMENT = hashlib.sha384(b"veil test enclave").digest()
 REPORT_DATA = hashlib.sha512(b"nonce and key").digest()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk import (
+from veil.sdk import (
     AttestationError,
     AttestationFailure,
     AttestationPolicy,
@@ -18,7 +18,7 @@ from sdk import (
     SnpReport,
     verify_snp_report,
 )
-from sdk.attestation import amd_roots
+from veil.sdk.attestation import amd_roots
 
 NOW = datetime(2026, 1, 15, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from enclave_support import Served, mlp_model, start
 
-from sdk import RemoteError
+from veil.sdk import RemoteError
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 HUGE_HEADROOM = 2**60  # more than any disk; also beyond ext4's file size, so nothing allocates it

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdk._errors import AttestationError, AttestationFailure
-from sdk.attestation.tdx import TdxCollateral, TdxQuote
+from veil.sdk.errors import AttestationError, AttestationFailure
+from veil.sdk.attestation.tdx import TdxCollateral, TdxQuote
 
 PRODUCTION_QUOTES = [
     "go-tdx-guest/cos-113-tdx-quote.dat",

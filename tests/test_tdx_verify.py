@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from sdk._errors import AttestationError, AttestationFailure, InsecureModeWarning
-from sdk.attestation.tdx import (
+from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
+from veil.sdk.attestation.tdx import (
     TcbStatus,
     TdxCollateral,
     TdxPolicy,
@@ -577,7 +577,7 @@ def test_debug_td_rejected_unless_allowed(vectors: Path) -> None:
 
 
 def test_policy_rejects_empty_allowlist() -> None:
-    from sdk._errors import ConfigError
+    from veil.sdk.errors import ConfigError
 
     with pytest.raises(ConfigError, match="empty allowlist"):
         TdxPolicy.production(mrtd=frozenset())

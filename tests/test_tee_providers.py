@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.tee import (
+from veil.enclave.tee import (
     ConfigfsTsm,
     RecordedGpuEvidence,
     SevGuestDevice,
@@ -29,14 +29,14 @@ from enclave.tee import (
     TsmError,
     select_provider,
 )
-from enclave.tee._configfs import (
+from veil.enclave.tee._configfs import (
     GUID_ARK,
     GUID_ASK,
     GUID_VCEK,
     OsTsmFilesystem,
     encode_cert_table,
 )
-from enclave.tee._sev_guest import (
+from veil.enclave.tee._sev_guest import (
     SNP_GET_DERIVED_KEY,
     SNP_GET_EXT_REPORT,
     SNP_GET_REPORT,
@@ -46,12 +46,12 @@ from enclave.tee._sev_guest import (
     unpack_derived_key_resp,
     unpack_report_resp,
 )
-from enclave.tee._simulated import SimulatedSnp
-from sdk._errors import AttestationError, AttestationFailure, ConfigError
-from sdk.attestation import AttestationPolicy, SnpCertChain, verify_snp_report
-from sdk.attestation._roots import load_certificates
-from sdk.attestation.nvidia import verify_spdm_signature
-from sdk.attestation.tdx import TcbStatus, TdxCollateral, TdxPolicy, verify_tdx_quote
+from veil.enclave.tee._simulated import SimulatedSnp
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError
+from veil.sdk.attestation import AttestationPolicy, SnpCertChain, verify_snp_report
+from veil.sdk.attestation._roots import load_certificates
+from veil.sdk.attestation.nvidia import verify_spdm_signature
+from veil.sdk.attestation.tdx import TcbStatus, TdxCollateral, TdxPolicy, verify_tdx_quote
 
 SNP_NOW = datetime(2026, 1, 15, tzinfo=UTC)
 TDX_NOW = datetime(2026, 2, 5, tzinfo=UTC)
@@ -473,7 +473,7 @@ def test_snp_device_only_and_configfs_only(data_dir: Path, tmp_path: Path) -> No
 
 def test_veil_serve_tee_tdx_refuses_without_hardware(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sdk.cli", "serve", "--data-dir", str(tmp_path), "--tee", "tdx"],
+        [sys.executable, "-m", "veil.sdk.cli", "serve", "--data-dir", str(tmp_path), "--tee", "tdx"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,8 +15,8 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import helper, numpy_helper
 
-from sdk._errors import WatermarkError
-from watermark import (
+from veil.sdk.errors import WatermarkError
+from veil.watermark import (
     LayerLocator,
     VerificationReport,
     WatermarkKey,
@@ -28,9 +28,9 @@ from watermark import (
     verify_trigger,
     weight_layers,
 )
-from watermark._claim import public_key_bytes
-from watermark._models import SmallCNN, SmallMLP, accuracy, load_digits, to_onnx, train
-from watermark.cli import main
+from veil.watermark._claim import public_key_bytes
+from veil.watermark._models import SmallCNN, SmallMLP, accuracy, load_digits, to_onnx, train
+from veil.watermark.cli import main
 
 NOW = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
 

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import watermark
-from sdk._errors import WatermarkError
-from watermark import (
+import veil.watermark as watermark
+from veil.sdk.errors import WatermarkError
+from veil.watermark import (
     LayerLocator,
     ProjectionParams,
     TriggerParams,
@@ -28,7 +28,7 @@ from watermark import (
     derive_trigger_set,
     message_bits,
 )
-from watermark._keys import derive_projection, gaussian_stream
+from veil.watermark._keys import derive_projection, gaussian_stream
 
 NOW = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
 
@@ -262,8 +262,8 @@ def test_public_api_is_curated_and_light() -> None:
     # Importing the package and registering the CLI loads neither torch nor onnx, and still works
     # where onnx is missing (the light SDK's `veil` command loads every entry point).
     probe = (
-        "import sys, argparse; sys.modules['onnx'] = None; import watermark, watermark.cli; "
-        "watermark.cli.register(argparse.ArgumentParser().add_subparsers()); "
+        "import sys, argparse; sys.modules['onnx'] = None; import veil.watermark as watermark, veil.watermark.cli; "
+        "veil.watermark.cli.register(argparse.ArgumentParser().add_subparsers()); "
         "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if sys.modules.get(m)))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -273,7 +273,7 @@ def test_public_api_is_curated_and_light() -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.binary(max_size=300))
 def test_verify_and_report_parsers_only_raise_watermark_error(blob: bytes) -> None:
-    from watermark import VerificationReport, verify
+    from veil.watermark import VerificationReport, verify
 
     claim = _claim(Ed25519PrivateKey.generate(), claim_key())
     with pytest.raises(WatermarkError):

@@ -1,6 +1,6 @@
 """One load-generating client process for the reliability suite (started with ``spawn``).
 
-Each process has its own :class:`sdk.Client` (its own channel, attestation and keys), attests,
+Each process has its own :class:`veil.sdk.Client` (its own channel, attestation and keys), attests,
 waits at a barrier so that all start together, then runs sealed inferences for a fixed time:
 small batches, every ``large_every``-th request a 1 MiB batch, and every ``admin_every`` seconds
 a model listing and an audit checkpoint. It reports counts, errors and latencies on a queue.
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from sdk import AttestationPolicy, Client, InsecureModeWarning
-from sdk.audit import Receipt
+from veil.sdk import AttestationPolicy, Client, InsecureModeWarning
+from veil.sdk.audit import Receipt
 
 BARRIER_SECONDS = 300.0  # 32 processes importing grpc and numpy on two cores take a while
 SMALL_X = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)

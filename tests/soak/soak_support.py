@@ -1,6 +1,6 @@
 """Helpers for the reliability suite (``make soak``): real ``veil serve`` processes on loopback.
 
-Every server here is a child process, ``python -m sdk.cli serve --tee simulated --port 0``, so a
+Every server here is a child process, ``python -m veil.sdk.cli serve --tee simulated --port 0``, so a
 test can SIGTERM it, SIGKILL it and read its memory from ``/proc``. Every wait is bounded and
 every child is killed when its ``with`` block ends, whatever happened inside.
 
@@ -35,9 +35,9 @@ import numpy as np
 from enclave_support import TENANT_KEYS, mlp_model, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sdk import AttestationPolicy, Client, InsecureModeWarning, VeilError
-from sdk._audit_client import attestation_check
-from sdk.audit import Receipt, hash_leaf, verify_export
+from veil.sdk import AttestationPolicy, Client, InsecureModeWarning, VeilError
+from veil.sdk._audit_client import attestation_check
+from veil.sdk.audit import Receipt, hash_leaf, verify_export
 from soak import load_worker
 from soak.load_worker import LoadResult, LoadSpec
 
@@ -246,7 +246,7 @@ class VeilServer:
         self._log.write(f"--- start {datetime.now(UTC).isoformat()}\n".encode())
         self._log.flush()
         began = time.monotonic()
-        cmd = [sys.executable, "-m", "sdk.cli", "serve", "--data-dir", str(self.data_dir)]
+        cmd = [sys.executable, "-m", "veil.sdk.cli", "serve", "--data-dir", str(self.data_dir)]
         self.proc = subprocess.Popen(
             [*cmd, "--port", "0", "--tee", "simulated"],
             cwd=REPO,
@@ -417,7 +417,7 @@ def prove_receipts(
 def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """``veil ARGS`` in a child process (the installed command line, as an operator runs it)."""
     return subprocess.run(
-        [sys.executable, "-m", "sdk.cli", *args],
+        [sys.executable, "-m", "veil.sdk.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from enclave_support import TENANT_KEYS, mlp_model
 
-from sdk import Client, RemoteError
+from veil.sdk import Client, RemoteError
 from soak.soak_support import (
     MiB,
     VeilServer,

@@ -22,7 +22,7 @@ import pytest
 from enclave_support import TENANT_KEYS, mlp_model
 from hostile_models import INFER, PLANTED_SECRET, Hostile, corpus
 
-from sdk import RemoteError
+from veil.sdk import RemoteError
 from soak.soak_support import (
     REPO,
     MiB,

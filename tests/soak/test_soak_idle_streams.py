@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from protos.veil.v1 import models_pb2, models_pb2_grpc
+from veil.v1 import models_pb2, models_pb2_grpc
 from soak.soak_support import VeilServer, make_data_dir
 
 pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]

@@ -25,8 +25,8 @@ import pytest
 from enclave_support import TENANT_KEYS, mlp_model
 from sklearn.datasets import load_digits
 
-from sdk import RemoteError, TrainingOutcome, TrainingProgress
-from sdk.audit import Receipt
+from veil.sdk import RemoteError, TrainingOutcome, TrainingProgress
+from veil.sdk.audit import Receipt
 from soak.load_worker import LoadSpec
 from soak.soak_support import (
     LoadFleet,

@@ -1,0 +1,220 @@
+"""ONNX Runtime inside the enclave: sessions per model, every run bounded in time and memory.
+
+Admission of uploads lives in ``veil.enclave._admission``; this module runs what was admitted.
+
+What is enforced on every run (``InferenceLimits`` from ``Limits.for_model(tenant, model)``):
+
+- Wall clock: each run gets its own ``ort.RunOptions``; one shared watchdog thread sets
+  ``terminate`` at the deadline and the run fails with ``TimedOut`` (DEADLINE_EXCEEDED).
+  ``terminate_all`` stops every run in flight and makes later runs fail at once (shutdown).
+- Memory: every session is built on its own ONNX Runtime arena capped at the model's
+  ``memory_bytes``. ORT only offers caps on environment-level allocators, so the engine
+  registers a fresh capped arena just before it builds each session (under a lock) and the
+  session keeps that arena for life: the ceiling is per session, that is per tenant's model,
+  shared by the runs of that model in flight at once. An allocation past the cap fails inside
+  ORT and the run answers ``LimitExceeded`` (RESOURCE_EXHAUSTED "memory-limit"); the arena is
+  shrunk after every run so idle models hold no memory. Outputs are checked against the same
+  limit before they are copied out of ORT. Constant folding is disabled: it would allocate
+  outside the arena while a session is built. Not covered: CPU memory that kernels take
+  without ORT's allocator (small, per-kernel scratch), and accelerator memory of GPU providers.
+- Files: ``check_self_contained`` runs again on every model loaded into a session.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from veil.enclave._admission import (
+    DISABLED_OPTIMIZERS,
+    TensorSpec,
+    ValidatedModel,
+    check_self_contained,
+    session_options,
+    short,
+    spec_of,
+    validate_onnx,
+)
+from veil.enclave._errors import InvalidInput, LimitExceeded, Overloaded, TimedOut
+from veil.enclave._limits import InferenceLimits
+from veil.enclave._watchdog import Watchdog
+
+__all__ = [
+    "InferenceEngine",
+    "TensorSpec",
+    "ValidatedModel",
+    "available_providers",
+    "validate_onnx",
+]
+
+# ORT's words for "an allocation did not fit" (arena cap, allocator, or its own size guard).
+_MEMORY_FAILURES = (
+    "Available memory of",
+    "Failed to allocate memory",
+    "bad_alloc",
+    "exceeds the supported maximum",
+)
+# Environment allocators are process-wide: registering one and building the session that
+# takes it must not interleave with another engine doing the same.
+_ALLOCATOR_LOCK = threading.Lock()
+_CPU_ARENA = ort.OrtMemoryInfo(
+    "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+)
+_MAX_NAMES = 5
+_DEFAULT_LIMITS = InferenceLimits()
+
+
+def available_providers(preferred: Sequence[str]) -> list[str]:
+    """Preferred providers that this ONNX Runtime build offers, in order (CPU always last)."""
+    have = set(ort.get_available_providers())
+    chosen = [p for p in preferred if p in have]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _names(names: Sequence[str]) -> str:
+    """A short list for a message: at most a few names, each cut short, and the count."""
+    shown = ", ".join(short(n) for n in names[:_MAX_NAMES])
+    more = f", … {len(names)} in all" if len(names) > _MAX_NAMES else ""
+    return f"[{shown}{more}]"
+
+
+def _failure(exc: Exception, fired: str, limits: InferenceLimits) -> Exception:
+    """The Veil error for an ORT run failure, given what the watchdog did."""
+    if fired == "deadline":
+        return TimedOut(
+            f"inference ran past its {limits.timeout_seconds:g} s limit and was stopped"
+        )
+    if fired == "shutdown":
+        return TimedOut("inference stopped: the service is shutting down")
+    text = str(exc)
+    if any(marker in text for marker in _MEMORY_FAILURES):
+        return LimitExceeded(
+            f"inference needs more than its {limits.memory_bytes} byte memory limit"
+        )
+    first = text.strip().splitlines()[0][:200] if text.strip() else "failed"
+    return InvalidInput(f"inference failed: {first}")
+
+
+class InferenceEngine:
+    """ONNX Runtime sessions per model, cached (LRU), with input checks against the signature."""
+
+    def __init__(self, providers: Sequence[str], *, cache_size: int = 16) -> None:
+        self.providers = available_providers(providers)
+        self._cache: OrderedDict[tuple[str, int], ort.InferenceSession] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._watchdog = Watchdog()
+
+    def _session(
+        self, key: str, load: Callable[[], bytes], memory_bytes: int
+    ) -> ort.InferenceSession:
+        with self._lock:
+            session = self._cache.get((key, memory_bytes))
+            if session is not None:
+                self._cache.move_to_end((key, memory_bytes))
+                return session
+        data = load()
+        check_self_contained(data)
+        opts = session_options()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+        # kSameAsRequested (1): the arena never rounds a request up past the cap.
+        arena = ort.OrtArenaCfg({"max_mem": memory_bytes, "arena_extend_strategy": 1})
+        with _ALLOCATOR_LOCK:
+            ort.create_and_register_allocator(_CPU_ARENA, arena)
+            session = ort.InferenceSession(
+                data,
+                sess_options=opts,
+                providers=self.providers,
+                disabled_optimizers=list(DISABLED_OPTIMIZERS),
+            )
+        with self._lock:
+            self._cache[(key, memory_bytes)] = session
+            self._cache.move_to_end((key, memory_bytes))
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return session
+
+    def evict(self, prefix: str) -> None:
+        with self._lock:
+            for cached in [k for k in self._cache if k[0].startswith(prefix)]:
+                del self._cache[cached]
+
+    @property
+    def in_flight(self) -> int:
+        """How many runs are under way now."""
+        return self._watchdog.in_flight
+
+    def terminate_all(self) -> int:
+        """Stop every run in flight (they answer ``TimedOut``); later runs fail at once."""
+        return self._watchdog.terminate_all()
+
+    def run(
+        self,
+        key: str,
+        load: Callable[[], bytes],
+        inputs: Mapping[str, npt.NDArray[np.generic]],
+        output_names: Sequence[str] = (),
+        *,
+        limits: InferenceLimits = _DEFAULT_LIMITS,
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """Run the model named ``key`` (loaded on first use) within ``limits``.
+
+        Raise ``InvalidInput`` (inputs, outputs, or a run ORT refused), ``TimedOut`` (deadline
+        or shutdown), ``LimitExceeded`` (memory) or ``Overloaded`` (after ``terminate_all``).
+        """
+        if self._watchdog.closed:
+            raise Overloaded("the service is shutting down")
+        session = self._session(key, load, limits.memory_bytes)
+        specs = {a.name: spec_of(a) for a in session.get_inputs()}
+        missing = sorted(set(specs) - set(inputs))
+        extra = sorted(set(inputs) - set(specs))
+        if missing or extra:
+            raise InvalidInput(
+                f"model inputs are {_names(sorted(specs))}; missing {_names(missing)}, "
+                f"unexpected {_names(extra)}"
+            )
+        for name, arr in inputs.items():
+            spec = specs[name]
+            if arr.dtype.name != spec.dtype:
+                raise InvalidInput(
+                    f"input {short(name)} is {arr.dtype.name}, model expects {spec.dtype}"
+                )
+            if len(arr.shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, arr.shape, strict=True)
+            ):
+                want_shape = ["?" if d < 0 else d for d in spec.shape]
+                raise InvalidInput(
+                    f"input {short(name)} has shape {list(arr.shape)}, model expects {want_shape}"
+                )
+        names = [o.name for o in session.get_outputs()]
+        unknown = sorted(set(output_names) - set(names))
+        if unknown:
+            raise InvalidInput(
+                f"unknown output(s) {_names(unknown)}; model outputs are {_names(names)}"
+            )
+        wanted = list(output_names) or names
+        feeds = {
+            n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()
+        }
+        run_options = ort.RunOptions()
+        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        ticket = self._watchdog.watch(run_options, limits.timeout_seconds)
+        try:
+            results = session.run_with_ort_values(wanted, feeds, run_options)
+        except Exception as exc:  # ORT's runtime errors are untyped
+            raise _failure(exc, ticket.fired, limits) from exc
+        finally:
+            self._watchdog.release(ticket)
+        size = sum(r.tensor_size_in_bytes() for r in results)
+        if size > limits.memory_bytes:
+            raise LimitExceeded(
+                f"inference needs more than its {limits.memory_bytes} byte memory limit"
+            )
+        return {n: np.asarray(r.numpy()) for n, r in zip(wanted, results, strict=True)}

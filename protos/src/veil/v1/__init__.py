@@ -1,0 +1,1 @@
+"""protos/src/veil/v1."""

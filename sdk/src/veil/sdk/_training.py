@@ -1,0 +1,209 @@
+"""Client side of DP training: typed results, and offline verification of training certificates.
+
+A training certificate is a C2SP signed note whose text is
+``veil-training-certificate/v1\\n<canonical JSON of the record>\\n``, signed by the audit log
+key that the enclave's attestation binds. A saved record (``veil train --json``) carries the
+certificate and the attestation evidence, so anyone can verify it offline with the SDK alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from veil.v1 import attestation_pb2, training_pb2
+from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
+from veil.sdk.errors import AuditLogError, ProtocolError
+from veil.sdk._models import ModelInfo
+from veil.sdk.attestation._policy import AttestationPolicy
+from veil.sdk.audit import SignedNote
+
+__all__ = [
+    "CERTIFICATE_HEADER",
+    "BudgetInfo",
+    "DatasetInfo",
+    "TrainingOutcome",
+    "TrainingProgress",
+    "VerifiedTrainingRecord",
+    "verify_training_record",
+]
+
+CERTIFICATE_HEADER = "veil-training-certificate/v1"
+REQUIRED_KEYS = (
+    "model",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "delta",
+    "epsilon",
+    "accountant",
+    "max_grad_norm",
+    "dataset_sha256",
+    "model_sha256",
+    "code_measurement",
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    sha256: str
+    format: str
+    rows: int
+    feature_shape: tuple[int, ...]
+    num_classes: int
+    size: int
+
+    @classmethod
+    def from_proto(cls, msg: training_pb2.DatasetInfo) -> DatasetInfo:
+        return cls(
+            sha256=msg.sha256,
+            format=msg.format,
+            rows=msg.rows,
+            feature_shape=tuple(msg.feature_shape),
+            num_classes=msg.num_classes,
+            size=msg.size,
+        )
+
+
+@dataclass(frozen=True)
+class BudgetInfo:
+    epsilon_budget: float
+    epsilon_spent: float
+    epsilon_remaining: float
+    delta_budget: float
+    delta_spent: float
+
+    @classmethod
+    def from_proto(cls, msg: training_pb2.BudgetResponse) -> BudgetInfo:
+        return cls(
+            epsilon_budget=msg.epsilon_budget,
+            epsilon_spent=msg.epsilon_spent,
+            epsilon_remaining=msg.epsilon_remaining,
+            delta_budget=msg.delta_budget,
+            delta_spent=msg.delta_spent,
+        )
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """The registered model, the certified training record, and what proves it."""
+
+    model: ModelInfo
+    record: Mapping[str, Any]
+    certificate: str
+    evidence: Evidence
+    nonce: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The self-contained record ``veil train verify`` checks offline."""
+        return {
+            **self.record,
+            "certificate": self.certificate,
+            "attestation": {
+                "evidence": base64.b64encode(self.evidence.to_proto().SerializeToString()).decode(),
+                "nonce": base64.b64encode(self.nonce).decode(),
+            },
+        }
+
+
+def _record_from_note(note: str) -> tuple[SignedNote, dict[str, Any]]:
+    parsed = SignedNote.from_text(note)
+    header, _, body = parsed.text.partition("\n")
+    if header != CERTIFICATE_HEADER:
+        raise AuditLogError("not a Veil training certificate")
+    try:
+        record = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise AuditLogError("training certificate body is not JSON") from exc
+    if not isinstance(record, dict):
+        raise AuditLogError("training certificate body is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise AuditLogError(f"training certificate lacks {missing}")
+    return parsed, record
+
+
+def outcome_from_result(
+    result: training_pb2.TrainResult, enclave: AttestedEnclave
+) -> TrainingOutcome:
+    """Check a fresh result: its certificate verifies under the attested log key."""
+    key = enclave.log_verifier
+    if key is None:
+        raise AuditLogError("the attested enclave publishes no signing key for certificates")
+    note, record = _record_from_note(result.certificate)
+    note.verify(key)
+    if record["code_measurement"] != enclave.measurement:
+        raise AuditLogError("certificate names a code measurement other than the attested one")
+    if record["model_sha256"] != result.model.sha256:
+        raise ProtocolError("training certificate names another model than was registered")
+    return TrainingOutcome(
+        model=ModelInfo.from_proto(result.model),
+        record=MappingProxyType(record),
+        certificate=result.certificate,
+        evidence=enclave.evidence,
+        nonce=enclave.nonce,
+    )
+
+
+@dataclass(frozen=True)
+class VerifiedTrainingRecord:
+    """What a verified training record proves: these DP parameters produced this model, in an
+    enclave running this code, as the enclave's attested key certifies."""
+
+    record: Mapping[str, Any]
+    measurement: str
+    model_sha256: str
+    dataset_sha256: str
+    epsilon: float
+    delta: float
+    insecure_root: bool
+
+
+def verify_training_record(
+    doc: Mapping[str, Any], policy: AttestationPolicy, *, now: datetime
+) -> VerifiedTrainingRecord:
+    """Verify a saved record offline: evidence under ``policy``, certificate under the key that
+    evidence binds, and every field of the document equal to the certified one."""
+    try:
+        attestation = doc["attestation"]
+        raw = base64.b64decode(attestation["evidence"], validate=True)
+        nonce = base64.b64decode(attestation["nonce"], validate=True)
+        certificate = doc["certificate"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuditLogError(f"training record is missing or has a malformed {exc}") from exc
+    evidence = Evidence.from_proto(attestation_pb2.AttestationEvidence.FromString(raw))
+    enclave = verify_enclave(evidence, nonce=nonce, policy=policy, now=now, require_unexpired=False)
+    key = enclave.log_verifier
+    if key is None:
+        raise AuditLogError("the attested enclave publishes no signing key for certificates")
+    note, record = _record_from_note(str(certificate))
+    note.verify(key)
+    shown = {k: v for k, v in doc.items() if k not in {"certificate", "attestation"}}
+    if shown != record:
+        changed = sorted(k for k in set(shown) | set(record) if shown.get(k) != record.get(k))
+        raise AuditLogError(f"training record differs from its certificate in {changed}")
+    if record["code_measurement"] != enclave.measurement:
+        raise AuditLogError("certificate names a code measurement the evidence does not show")
+    return VerifiedTrainingRecord(
+        record=MappingProxyType(record),
+        measurement=enclave.measurement,
+        model_sha256=str(record["model_sha256"]),
+        dataset_sha256=str(record["dataset_sha256"]),
+        epsilon=float(record["epsilon"]),
+        delta=float(record["delta"]),
+        insecure_root=enclave.insecure_root,
+    )

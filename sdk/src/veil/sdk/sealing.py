@@ -1,0 +1,285 @@
+"""Sealing: HPKE-sealed requests to a *verified* enclave, AES-256-GCM-sealed responses and chunks.
+
+``seal_request`` takes an :class:`AttestedEnclave`, never a raw key, so data can only be sealed to
+a key that hardware evidence vouched for. Every failure to open is one opaque
+``DecryptionError``: no oracle says which check failed.
+
+A failed call's detailed message is sealed too (``seal_error``/``open_error``): an ``ErrorBody``
+inside a final ``SealedResponse``, sent in the trailer ``veil-sealed-error-bin``, so the clear
+status says no more than a code, a reason and a fixed message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
+
+from veil.v1 import common_pb2
+from veil.sdk.evidence import AttestedEnclave
+from veil.sdk.errors import DecryptionError, ProtocolError
+from veil.sdk.protocol import (
+    MODEL_KEY_LEN,
+    PROTOCOL_VERSION,
+    REQUEST_ID_LEN,
+    RESPONSE_KEY_LEN,
+    Suite,
+    chunk_aad,
+    chunk_nonce,
+    request_info,
+    response_aad,
+)
+
+__all__ = [
+    "CLEAR_MESSAGES",
+    "MAX_ERROR_MESSAGE_BYTES",
+    "SEALED_ERROR_KEY",
+    "OpenedResponse",
+    "SealedCall",
+    "bounded_message",
+    "clear_message",
+    "decrypt_chunk",
+    "encrypt_chunk",
+    "open_error",
+    "open_response",
+    "seal_error",
+    "seal_request",
+    "seal_response",
+]
+
+Random = Callable[[int], bytes]
+GCM_NONCE_LEN = 12
+SEALED_ERROR_KEY = "veil-sealed-error-bin"  # binary trailing metadata: a serialized SealedResponse
+MAX_ERROR_MESSAGE_BYTES = 1024
+
+# The fixed clear status message for each ``veil-reason`` (docs/PROTOCOL.md, section 7): all a
+# host sees of a failure after the request opened. The detail travels sealed.
+CLEAR_MESSAGES: Mapping[str, str] = MappingProxyType(
+    {
+        "unauthenticated": "invalid API key or unknown tenant",
+        "not-found": "not found",
+        "too-large": "too large",
+        "timeout": "timeout",
+        "memory-limit": "memory limit exceeded",
+        "overloaded": "overloaded",
+        "storage-full": "storage full",
+        "budget-exhausted": "privacy budget exhausted",
+        "key-rotated": "sealed to a key the enclave no longer holds: re-attest",
+        "stale-request": "request outside the time window",
+        "replay": "request id was already used",
+        "undecryptable": "sealed message could not be opened",
+        "invalid-input": "invalid input",
+        "malformed": "malformed request",
+        "attestation": "attestation failed",
+        "audit-unavailable": "audit log unavailable",
+        "internal": "internal error",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SealedCall:
+    """A sealed request and what the client needs to open its response."""
+
+    request: common_pb2.SealedRequest
+    method: str
+    request_id: bytes
+    response_key: bytes
+
+
+def seal_request(
+    enclave: AttestedEnclave,
+    *,
+    method: str,
+    tenant: str,
+    api_key: str,
+    payload: bytes,
+    timestamp_ms: int,
+    suite: Suite = Suite.X25519_SHA256_AES256GCM,
+    random: Random = os.urandom,
+) -> SealedCall:
+    """Seal ``payload`` (a serialized request message) and the API key to the enclave."""
+    request_id = random(REQUEST_ID_LEN)
+    response_key = random(RESPONSE_KEY_LEN)
+    body = common_pb2.RequestBody(response_key=response_key, api_key=api_key, payload=payload)
+    info = request_info(
+        method=method,
+        tenant=tenant,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        claims_digest=enclave.claims_digest,
+    )
+    sealed = suite.hpke.encrypt(body.SerializeToString(), enclave.public_key(suite), info)
+    request = common_pb2.SealedRequest(
+        version=PROTOCOL_VERSION,
+        suite=int(suite),
+        tenant=tenant,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        claims_digest=enclave.claims_digest,
+        sealed=sealed,
+    )
+    return SealedCall(
+        request=request, method=method, request_id=request_id, response_key=response_key
+    )
+
+
+@dataclass(frozen=True)
+class OpenedResponse:
+    """A response that opened: the method's payload and the audit log's receipt for the call."""
+
+    payload: bytes
+    receipt: str
+    final: bool = True
+
+
+def seal_response(
+    response_key: bytes,
+    *,
+    method: str,
+    request_id: bytes,
+    payload: bytes,
+    receipt: str = "",
+    seq: int = 0,
+    final: bool = True,
+    random: Random = os.urandom,
+) -> common_pb2.SealedResponse:
+    """Seal a serialized response message (and its receipt) under the client's response key.
+
+    Streams seal message ``seq`` (0, 1, …) with ``final`` set on the last one only.
+    """
+    body = common_pb2.ResponseBody(payload=payload, receipt=receipt)
+    return _seal_body(response_key, method, request_id, body, seq, final, random)
+
+
+def clear_message(reason: str) -> str:
+    """The fixed clear message for ``reason`` ("error" for a reason this version does not know)."""
+    return CLEAR_MESSAGES.get(reason, "error")
+
+
+def bounded_message(message: str, limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
+    """``message`` on one line, cut to at most ``limit`` bytes of UTF-8 (ending in "…" if cut)."""
+    line = " ".join(message.split())
+    raw = line.encode()
+    if len(raw) <= limit:
+        return line
+    return raw[: limit - len("…".encode())].decode(errors="ignore") + "…"
+
+
+def seal_error(
+    response_key: bytes,
+    *,
+    method: str,
+    request_id: bytes,
+    code: str,
+    reason: str,
+    message: str,
+    seq: int = 0,
+    random: Random = os.urandom,
+) -> common_pb2.SealedResponse:
+    """Seal why a call failed, exactly like a final response at position ``seq``.
+
+    ``seq`` is the number of messages already sent on the call (0 for unary calls); the message
+    is cut to ``MAX_ERROR_MESSAGE_BYTES``.
+    """
+    error = common_pb2.ErrorBody(code=code, reason=reason, message=bounded_message(message))
+    body = common_pb2.ResponseBody(error=error)
+    return _seal_body(response_key, method, request_id, body, seq, True, random)
+
+
+def _seal_body(
+    response_key: bytes,
+    method: str,
+    request_id: bytes,
+    body: common_pb2.ResponseBody,
+    seq: int,
+    final: bool,
+    random: Random,
+) -> common_pb2.SealedResponse:
+    nonce = random(GCM_NONCE_LEN)
+    aad = response_aad(method=method, request_id=request_id, seq=seq, final=final)
+    ciphertext = AESGCM(response_key).encrypt(nonce, body.SerializeToString(), aad)
+    return common_pb2.SealedResponse(
+        request_id=request_id, nonce=nonce, ciphertext=ciphertext, seq=seq, final=final
+    )
+
+
+def _open_body(
+    call: SealedCall, response: common_pb2.SealedResponse, seq: int
+) -> common_pb2.ResponseBody:
+    if (
+        response.request_id != call.request_id
+        or len(response.nonce) != GCM_NONCE_LEN
+        or response.seq != seq
+    ):
+        raise DecryptionError("sealed response could not be opened")
+    try:
+        aad = response_aad(
+            method=call.method, request_id=call.request_id, seq=seq, final=response.final
+        )
+        plaintext = AESGCM(call.response_key).decrypt(response.nonce, response.ciphertext, aad)
+        return common_pb2.ResponseBody.FromString(plaintext)
+    except (InvalidTag, DecodeError) as exc:
+        raise DecryptionError("sealed response could not be opened") from exc
+
+
+def open_response(
+    call: SealedCall, response: common_pb2.SealedResponse, *, seq: int = 0
+) -> OpenedResponse:
+    """Open the enclave's sealed response to ``call``; raise ``DecryptionError`` on any defect.
+
+    ``seq`` is the position the client expects (0 for unary calls); whether the message is the
+    final one is authenticated and reported in ``OpenedResponse.final``.
+    """
+    body = _open_body(call, response, seq)
+    if body.HasField("error"):
+        raise ProtocolError("enclave sent a sealed error where a response was expected")
+    return OpenedResponse(payload=bytes(body.payload), receipt=body.receipt, final=response.final)
+
+
+def open_error(call: SealedCall, sealed: bytes, *, seq: int = 0) -> common_pb2.ErrorBody:
+    """Open the sealed error (trailer ``veil-sealed-error-bin``) of ``call`` at position ``seq``.
+
+    It must open under the call's response key with the same AAD as a final response at ``seq``,
+    so an error replayed from another call, or moved within a stream, does not open. Any defect
+    is one ``DecryptionError``.
+    """
+    try:
+        response = common_pb2.SealedResponse.FromString(sealed)
+    except DecodeError as exc:
+        raise DecryptionError("sealed error could not be opened") from exc
+    body = _open_body(call, response, seq)
+    if not response.final or not body.HasField("error"):
+        raise DecryptionError("sealed error could not be opened")
+    error = body.error
+    if len(error.message.encode()) > MAX_ERROR_MESSAGE_BYTES:
+        raise DecryptionError("sealed error could not be opened")
+    return error
+
+
+def encrypt_chunk(
+    model_key: bytes, *, request_id: bytes, seq: int, final: bool, data: bytes
+) -> bytes:
+    """Encrypt one upload chunk; its AAD carries the sequence number and the final flag."""
+    if len(model_key) != MODEL_KEY_LEN:
+        raise ValueError("model key must be 32 bytes")
+    return AESGCM(model_key).encrypt(
+        chunk_nonce(seq), data, chunk_aad(request_id=request_id, seq=seq, final=final)
+    )
+
+
+def decrypt_chunk(
+    model_key: bytes, *, request_id: bytes, seq: int, final: bool, ciphertext: bytes
+) -> bytes:
+    """Decrypt one upload chunk; a moved, truncated or spliced chunk fails to open."""
+    try:
+        return AESGCM(model_key).decrypt(
+            chunk_nonce(seq), ciphertext, chunk_aad(request_id=request_id, seq=seq, final=final)
+        )
+    except (InvalidTag, ValueError) as exc:
+        raise DecryptionError("model chunk could not be opened") from exc

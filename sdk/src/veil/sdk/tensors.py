@@ -1,0 +1,83 @@
+"""Tensors on the wire: raw little-endian bytes + dtype + shape. Never pickle."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from veil.v1 import common_pb2
+from veil.sdk.errors import ProtocolError
+
+__all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "to_proto"]
+
+ALLOWED_DTYPES = frozenset(
+    {
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    }
+)
+
+
+# More dimensions than any real model input has (NumPy itself stops at 64).
+MAX_RANK = 32
+# Byte counts (and spans) must fit a signed 64-bit integer, as ONNX Runtime counts them.
+_MAX_SPAN = 2**63 - 1
+
+
+def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
+    """Encode an array; refuses object, string and other non-numeric dtypes."""
+    arr = np.asarray(array)
+    if arr.dtype.name not in ALLOWED_DTYPES:
+        raise ProtocolError(f"dtype {arr.dtype} cannot travel as a tensor")
+    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return common_pb2.Tensor(
+        dtype=arr.dtype.name, shape=list(arr.shape), data=np.ascontiguousarray(little).tobytes()
+    )
+
+
+def from_proto(
+    tensor: common_pb2.Tensor, *, max_bytes: int | None = None
+) -> npt.NDArray[np.generic]:
+    """Decode a tensor, checking dtype, rank, shape and byte length; raise ``ProtocolError``.
+
+    Besides the real byte size, the *span* (the byte size with every zero dimension counted as
+    one) must fit the limit: ``[0, 2**62]`` holds no data but no array library can describe it.
+    """
+    if tensor.dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"unsupported tensor dtype {tensor.dtype[:32]!r}")
+    rank = len(tensor.shape)
+    if rank > MAX_RANK:
+        raise ProtocolError(f"tensor has {rank} dimensions, at most {MAX_RANK} are allowed")
+    shape = tuple(int(d) for d in tensor.shape)
+    if any(d < 0 for d in shape):
+        raise ProtocolError(f"tensor shape {list(shape)} has a negative dimension")
+    dtype = np.dtype(tensor.dtype).newbyteorder("<")
+    limit = _MAX_SPAN if max_bytes is None else min(max_bytes, _MAX_SPAN)
+    span = math.prod(max(d, 1) for d in shape) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
+    if expected > limit:
+        raise ProtocolError(f"tensor of {expected} bytes exceeds the {limit}-byte limit")
+    if span > limit:
+        raise ProtocolError(
+            f"empty tensor of shape {list(shape)} spans {span} bytes with its zero dimensions "
+            f"counted as 1, over the {limit}-byte limit"
+        )
+    if len(tensor.data) != expected:
+        raise ProtocolError(
+            f"tensor data is {len(tensor.data)} bytes, shape {list(shape)} of "
+            f"{tensor.dtype} needs {expected}"
+        )
+    arr = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)

@@ -1,0 +1,74 @@
+"""A watermark plan: everything the embedder needs, before there is a claim (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from math import prod
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from veil.sdk.errors import WatermarkError
+from veil.watermark._claim import ProjectionParams, WatermarkClaim
+from veil.watermark._keys import WatermarkKey, derive_projection, message_bits
+from veil.watermark._locate import LayerLocator
+from veil.watermark._trigger import TriggerParams
+
+__all__ = ["DEFAULT_BITS", "DEFAULT_MARGIN", "WatermarkPlan"]
+
+DEFAULT_BITS = 128
+DEFAULT_MARGIN = 1.5
+
+
+@dataclass(frozen=True)
+class WatermarkPlan:
+    """Key, owner, target layer and projection for one embedding.
+
+    The projected vector is ``z = X @ v / |v|`` with ``v`` the reduced weight; under the null
+    (an unmarked model) each ``z_i`` is N(0, 1), so ``margin`` is in units of that spread.
+    """
+
+    key: WatermarkKey
+    owner_public_key: bytes
+    layer: LayerLocator
+    n_bits: int = DEFAULT_BITS
+    reduce: str = "centered"
+    margin: float = DEFAULT_MARGIN
+
+    def __post_init__(self) -> None:
+        if self.margin <= 0:
+            raise WatermarkError(f"margin {self.margin} must be positive")
+        message_bits(self.owner_public_key, self.n_bits)  # validates bit count and key length
+        if self.reduce == "channel_mean" and self.layer.kind != "conv":
+            raise WatermarkError("channel_mean reduction applies to conv layers only")
+
+    @property
+    def projection_params(self) -> ProjectionParams:
+        shape = self.layer.weight_shape
+        dim = prod(shape) if self.reduce == "centered" else prod(shape[1:])
+        return ProjectionParams(reduce=self.reduce, dim=dim)
+
+    def projection(self) -> npt.NDArray[np.float64]:
+        return derive_projection(self.key.secret, self.n_bits, self.projection_params.dim)
+
+    def message(self) -> npt.NDArray[np.int8]:
+        return message_bits(self.owner_public_key, self.n_bits)
+
+    def claim(
+        self, owner_key: Ed25519PrivateKey, *, trigger: TriggerParams | None, now: datetime
+    ) -> WatermarkClaim:
+        """Sign the claim for this plan with the owner's key (which must match the plan)."""
+        claim = WatermarkClaim.create(
+            owner_key=owner_key,
+            key=self.key,
+            layer=self.layer,
+            n_bits=self.n_bits,
+            projection=self.projection_params,
+            trigger=trigger,
+            now=now,
+        )
+        if claim.owner_public_key != self.owner_public_key:
+            raise WatermarkError("signing key does not belong to the plan's owner")
+        return claim
