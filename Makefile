@@ -6,18 +6,23 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-# A pinned CPU build of torch: an unpinned torch pulls a multi-GB CUDA build.
+# A pinned torch, installed first: an unpinned torch (or one pulled in as a dependency of the
+# packages below) is the multi-GB CUDA build. Where PyPI's torch is the CUDA build, use PyTorch's
+# CPU wheel index: make TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
 TORCH  := torch==2.13.0
+TORCH_INDEX ?=
+# The five distributions, editable, into one `veil` namespace (dependencies before dependents).
+DISTS  := protos sdk privacy watermark enclave
 
 .PHONY: setup test soak fuzz demo bench bench-privacy bench-watermark protos lint typecheck check clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(DISTS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[enclave,dev]'
+	$(PIP) install -q --upgrade 'pip>=25.1'
+	$(PIP) install -q $(TORCH_INDEX) $(TORCH)
+	$(PIP) install -q --group dev $(addprefix -e ./,$(DISTS))
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -52,7 +57,8 @@ protos: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check sdk enclave privacy watermark tests bench scripts
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff format --check sdk enclave privacy watermark protos tests bench scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -1,13 +1,13 @@
 """Regenerate the committed Python code for protos/src/veil/v1/*.proto (`make protos`).
 
-The generated modules import each other as ``veil.v1``; they live in the ``protos`` package, so
-those imports are rewritten to ``veil.v1``. ``generate(out_dir)`` is also used by the test
-that fails when the committed code is stale.
+The sources sit where their package says (``package veil.v1`` in ``veil/v1/``) under the
+``veil-ai-proto`` distribution's source root, so protoc's own imports (``from veil.v1 import``)
+are already right: nothing is rewritten. ``generate(out_dir)`` is also used by the test that
+fails when the committed code is stale.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 import tempfile
@@ -16,9 +16,8 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTO_ROOT = ROOT / "protos"
+PROTO_ROOT = ROOT / "protos" / "src"
 PACKAGE_DIR = Path("veil") / "v1"
-_IMPORT = re.compile(r"^from veil\.v1 import ", re.MULTILINE)
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -36,12 +35,7 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    written = []
-    for path in sorted((out_dir / PACKAGE_DIR).glob("*_pb2*.py*")):
-        text = _IMPORT.sub("from veil.v1 import ", path.read_text())
-        path.write_text(text)
-        written.append(path)
-    return written
+    return sorted((out_dir / PACKAGE_DIR).glob("*_pb2*.py*"))
 
 
 def main() -> int:
