@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from enclave_support import TENANT_KEYS, mlp_model, start, write_config
 
 from veil.enclave.tee._simulated import SimulatedSnp
-from veil.v1 import inference_pb2
 from veil.sdk import Client
 from veil.sdk.tensors import from_proto, to_proto
+from veil.v1 import inference_pb2
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 PLAIN_METHOD = "/bench.Plain/Infer"

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from veil.sdk.errors import InsecureModeWarning
 from veil.sdk.attestation._policy_file import sign_policy, signature_path
 from veil.sdk.cli import main
+from veil.sdk.errors import InsecureModeWarning
 
 SNP_AT = "2026-01-15T00:00:00Z"
 TDX_AT = "2026-02-05T00:00:00Z"

@@ -15,11 +15,17 @@ from pathlib import Path
 import pytest
 
 from veil.enclave._keys import KeyEpoch
-from veil.sdk import AttestationError, AttestationFailure, AttestationPolicy, Evidence, verify_enclave
-from veil.sdk.evidence import _verify_gpus
+from veil.sdk import (
+    AttestationError,
+    AttestationFailure,
+    AttestationPolicy,
+    Evidence,
+    verify_enclave,
+)
 from veil.sdk.attestation import GpuRequirement
 from veil.sdk.attestation.nvidia import MappingRimStore, SpdmEvidence
 from veil.sdk.attestation.tdx import TdxPolicy
+from veil.sdk.evidence import _verify_gpus
 
 T_TDX = datetime(2026, 2, 5, tzinfo=UTC)  # inside the tinfoil collateral's validity
 T_GPU = datetime(2025, 1, 1, tzinfo=UTC)  # inside the sample RIMs' validity

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import veil.enclave.audit
 import veil.sdk.audit
-from veil.sdk.errors import VeilError
 from veil.sdk.audit import AuditRecord, Checkpoint, Receipt, SignedNote, Verifier
+from veil.sdk.errors import VeilError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from veil.enclave.audit import AuditLog, ExportFormat, Signer
-from veil.sdk.errors import AuditLogError, InsecureModeWarning
 from veil.sdk.audit import (
     AuditRecord,
     Checkpoint,
@@ -25,6 +24,7 @@ from veil.sdk.audit import (
     verify_export,
 )
 from veil.sdk.audit.cli import register
+from veil.sdk.errors import AuditLogError, InsecureModeWarning
 
 T0 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 N = 12

@@ -24,13 +24,13 @@ from enclave_support import TENANT_KEYS, Served, start, write_config
 
 from veil.enclave.audit import AuditLog, Signer, TenantLog
 from veil.enclave.audit import _tenant_log as tenant_log_module
-from veil.v1 import audit_pb2, audit_pb2_grpc
 from veil.sdk import AuditLogError, RemoteError
 from veil.sdk._audit_client import ExportReceiver
 from veil.sdk._core import ClientCore
+from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_export
 from veil.sdk.errors import ProtocolError
 from veil.sdk.protocol import Method
-from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_export
+from veil.v1 import audit_pb2, audit_pb2_grpc
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from veil.enclave.audit import AuditLog, OsFileOps, Signer, TenantLog
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import AuditRecord, EventType, MerkleTree, Outcome, hash_leaf, verify_checkpoint
 from veil.sdk.audit._merkle import verify_inclusion
+from veil.sdk.errors import AuditLogError
 
 T0 = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 

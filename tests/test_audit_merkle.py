@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import (
     MerkleTree,
     empty_root,
@@ -22,6 +21,7 @@ from veil.sdk.audit import (
     verify_consistency,
     verify_inclusion,
 )
+from veil.sdk.errors import AuditLogError
 
 TESTDATA = ("merkle", "transparency-dev-merkle", "testdata")
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from veil.enclave.audit import Signer
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import (
     Checkpoint,
     MerkleTree,
@@ -21,6 +20,7 @@ from veil.sdk.audit import (
     verify_checkpoint,
     verify_checkpoint_consistency,
 )
+from veil.sdk.errors import AuditLogError
 
 
 def _cases(vectors: Path) -> list[dict[str, Any]]:

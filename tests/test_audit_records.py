@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.enclave.audit import AuditLog, Signer
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import (
     AuditRecord,
     Checkpoint,
@@ -26,6 +25,7 @@ from veil.sdk.audit import (
     verify_checkpoint,
     verify_receipt,
 )
+from veil.sdk.errors import AuditLogError
 
 NOW = datetime(2026, 11, 28, 3, 0, 0, 123456, tzinfo=UTC)
 

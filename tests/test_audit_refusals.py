@@ -15,10 +15,10 @@ from enclave_support import Served
 
 from veil.enclave._config import SYSTEM_LOG
 from veil.enclave.audit import OsFileOps, TenantLog
-from veil.v1 import models_pb2
 from veil.sdk._core import ClientCore
-from veil.sdk.protocol import Method
 from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_checkpoint
+from veil.sdk.protocol import Method
+from veil.v1 import models_pb2
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 FLOOD = 5000

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from veil.enclave.audit import AuditLog, OsFileOps, Signer, TenantLog
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import (
     AuditRecord,
     Checkpoint,
@@ -24,6 +23,7 @@ from veil.sdk.audit import (
     verify_checkpoint,
     verify_checkpoint_consistency,
 )
+from veil.sdk.errors import AuditLogError
 
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 

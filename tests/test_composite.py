@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
 from veil.sdk.attestation._composite import gpu_nonce_for, verify_composite
 from veil.sdk.attestation.nvidia import (
     ReferenceMeasurement,
@@ -23,6 +22,7 @@ from veil.sdk.attestation.nvidia import (
     verify_rim,
 )
 from veil.sdk.attestation.tdx import TdxCollateral, TdxPolicy, verify_tdx_quote
+from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -29,8 +29,8 @@ from veil.enclave._capacity import Admission, CallClass, IdleWatchdog
 from veil.enclave._errors import Overloaded, StorageFull, TimedOut
 from veil.enclave._spool import SPOOL_DIR, UploadBuffer
 from veil.enclave.server import _holding
-from veil.v1 import attestation_pb2, attestation_pb2_grpc, common_pb2, models_pb2
 from veil.sdk.errors import DecryptionError
+from veil.v1 import attestation_pb2, attestation_pb2_grpc, common_pb2, models_pb2
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 

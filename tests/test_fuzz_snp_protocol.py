@@ -9,12 +9,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from veil.v1 import common_pb2
 from veil.sdk import AttestationPolicy, EnclaveClaims, SnpCertChain, SnpReport, VeilError
-from veil.sdk.tensors import from_proto
-from veil.sdk.attestation.der import decode_ia5, decode_integer, decode_octets
 from veil.sdk.attestation._roots import TrustRoot
 from veil.sdk.attestation._snp_verify import verify_snp_report
+from veil.sdk.attestation.der import decode_ia5, decode_integer, decode_octets
+from veil.sdk.tensors import from_proto
+from veil.v1 import common_pb2
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from veil.sdk.errors import VeilError
 from veil.sdk.attestation.nvidia import SpdmEvidence, verify_rim, verify_spdm_signature
 from veil.sdk.attestation.tdx import TdxCollateral, TdxPolicy, TdxQuote, verify_tdx_signature
 from veil.sdk.attestation.tdx._collateral import QeIdentity, TcbInfo
 from veil.sdk.attestation.tdx._x509 import load_certificates, load_crl
+from veil.sdk.errors import VeilError
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 NOW = datetime(2026, 2, 5, tzinfo=UTC)

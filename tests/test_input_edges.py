@@ -18,11 +18,11 @@ from enclave_support import Served, mlp_model, start, write_config
 
 from veil.enclave._errors import InvalidInput
 from veil.enclave._store import MAX_VERSION, parse_ref
-from veil.v1 import common_pb2, inference_pb2
 from veil.sdk import Client, RemoteError
 from veil.sdk.errors import ProtocolError
 from veil.sdk.protocol import Method
 from veil.sdk.tensors import MAX_RANK, from_proto
+from veil.v1 import common_pb2, inference_pb2
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 LIMIT = 64 * 1024 * 1024  # the default max_message_bytes, the server's per-tensor byte limit

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
 from veil.sdk.attestation.nvidia import OfflineOcspCache, verify_spdm_signature
+from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 _KEY = ec.generate_private_key(ec.SECP384R1())

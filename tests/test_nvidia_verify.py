@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
 from veil.sdk.attestation.nvidia import (
     DirectoryRimStore,
     SpdmEvidence,
@@ -19,6 +18,7 @@ from veil.sdk.attestation.nvidia import (
     verify_rim,
     verify_spdm_signature,
 )
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)  # RIM signing certificates expire 2025-06-22
 RIMS = [

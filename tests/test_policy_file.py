@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
 from veil.sdk.attestation import (
     AttestationPolicy,
     SnpCertChain,
@@ -31,6 +30,7 @@ from veil.sdk.attestation._policy_file import (
     signature_path,
 )
 from veil.sdk.attestation.tdx import TcbStatus, TdxCollateral, intel_sgx_root_ca, verify_tdx_quote
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, InsecureModeWarning
 from veil.sdk.policy_cli import main as policy_main
 
 TURIN_MEASUREMENT = (

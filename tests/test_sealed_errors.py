@@ -24,17 +24,9 @@ from onnx import TensorProto, helper
 
 from veil.enclave._errors import InvalidInput
 from veil.enclave._status import _TABLE
-from veil.v1 import (
-    common_pb2,
-    inference_pb2,
-    inference_pb2_grpc,
-    models_pb2_grpc,
-    training_pb2,
-    training_pb2_grpc,
-)
 from veil.sdk import AsyncClient, DecryptionError, ProtocolError, RemoteError
-from veil.sdk.evidence import AttestedEnclave
 from veil.sdk._core import ClientCore, remote_error
+from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.protocol import Method
 from veil.sdk.sealing import (
     CLEAR_MESSAGES,
@@ -47,6 +39,14 @@ from veil.sdk.sealing import (
     open_response,
     seal_error,
     seal_response,
+)
+from veil.v1 import (
+    common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
 )
 
 warnings.filterwarnings("ignore", message="trusting a test root")

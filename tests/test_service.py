@@ -21,13 +21,6 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from enclave_support import TENANT_KEYS, Served, mlp_model, start, write_config
 from onnx import TensorProto, helper
 
-from veil.v1 import (
-    common_pb2,
-    inference_pb2,
-    inference_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-)
 from veil.sdk import (
     AsyncClient,
     AttestationError,
@@ -40,6 +33,13 @@ from veil.sdk import (
 from veil.sdk._core import ClientCore, remote_error
 from veil.sdk.protocol import Method
 from veil.sdk.sealing import SEALED_ERROR_KEY, clear_message
+from veil.v1 import (
+    common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 X = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)

@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_support import TENANT_KEYS, Served, mlp_model, start
 
 from veil.enclave.audit import Signer
-from veil.v1 import common_pb2, models_pb2
 from veil.sdk import AttestationPolicy, AuditLogError
 from veil.sdk._audit_client import attestation_check
 from veil.sdk._core import ClientCore
+from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_export
 from veil.sdk.protocol import Method
 from veil.sdk.sealing import seal_response
-from veil.sdk.audit import AuditRecord, EventType, Outcome, verify_export
+from veil.v1 import common_pb2, models_pb2
 
 warnings.filterwarnings("ignore", message="trusting a test root")
 X = np.random.default_rng(5).normal(size=(2, 4)).astype(np.float32)

@@ -82,7 +82,16 @@ class Serve:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "veil.sdk.cli", "serve", "--data-dir", str(data_dir), "--port", "0"],
+            [
+                sys.executable,
+                "-m",
+                "veil.sdk.cli",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                "0",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from veil.sdk.errors import AttestationError, AttestationFailure
 from veil.sdk.attestation.tdx import TdxCollateral, TdxQuote
+from veil.sdk.errors import AttestationError, AttestationFailure
 
 PRODUCTION_QUOTES = [
     "go-tdx-guest/cos-113-tdx-quote.dat",

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
 from veil.sdk.attestation.tdx import (
     TcbStatus,
     TdxCollateral,
@@ -28,6 +27,7 @@ from veil.sdk.attestation.tdx import (
     verify_tdx_quote,
     verify_tdx_signature,
 )
+from veil.sdk.errors import AttestationError, AttestationFailure, InsecureModeWarning
 
 # Same list and loader as test_tdx_quote.py (test modules do not import each other).
 PRODUCTION_QUOTES = [

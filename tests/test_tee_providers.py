@@ -47,11 +47,11 @@ from veil.enclave.tee._sev_guest import (
     unpack_report_resp,
 )
 from veil.enclave.tee._simulated import SimulatedSnp
-from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError
 from veil.sdk.attestation import AttestationPolicy, SnpCertChain, verify_snp_report
 from veil.sdk.attestation._roots import load_certificates
 from veil.sdk.attestation.nvidia import verify_spdm_signature
 from veil.sdk.attestation.tdx import TcbStatus, TdxCollateral, TdxPolicy, verify_tdx_quote
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError
 
 SNP_NOW = datetime(2026, 1, 15, tzinfo=UTC)
 TDX_NOW = datetime(2026, 2, 5, tzinfo=UTC)
@@ -473,7 +473,16 @@ def test_snp_device_only_and_configfs_only(data_dir: Path, tmp_path: Path) -> No
 
 def test_veil_serve_tee_tdx_refuses_without_hardware(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "veil.sdk.cli", "serve", "--data-dir", str(tmp_path), "--tee", "tdx"],
+        [
+            sys.executable,
+            "-m",
+            "veil.sdk.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--tee",
+            "tdx",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -35,11 +35,11 @@ import numpy as np
 from enclave_support import TENANT_KEYS, mlp_model, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from soak import load_worker
+from soak.load_worker import LoadResult, LoadSpec
 from veil.sdk import AttestationPolicy, Client, InsecureModeWarning, VeilError
 from veil.sdk._audit_client import attestation_check
 from veil.sdk.audit import Receipt, hash_leaf, verify_export
-from soak import load_worker
-from soak.load_worker import LoadResult, LoadSpec
 
 warnings.filterwarnings("ignore", category=InsecureModeWarning)
 

@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 from enclave_support import TENANT_KEYS, mlp_model
 
-from veil.sdk import Client, RemoteError
 from soak.soak_support import (
     MiB,
     VeilServer,
@@ -40,6 +39,7 @@ from soak.soak_support import (
     prove_receipts,
     run_cli,
 )
+from veil.sdk import Client, RemoteError
 
 pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
 

@@ -22,7 +22,6 @@ import pytest
 from enclave_support import TENANT_KEYS, mlp_model
 from hostile_models import INFER, PLANTED_SECRET, Hostile, corpus
 
-from veil.sdk import RemoteError
 from soak.soak_support import (
     REPO,
     MiB,
@@ -33,6 +32,7 @@ from soak.soak_support import (
     make_data_dir,
     tree_rss,
 )
+from veil.sdk import RemoteError
 
 pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from veil.v1 import models_pb2, models_pb2_grpc
 from soak.soak_support import VeilServer, make_data_dir
+from veil.v1 import models_pb2, models_pb2_grpc
 
 pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
 

@@ -25,8 +25,6 @@ import pytest
 from enclave_support import TENANT_KEYS, mlp_model
 from sklearn.datasets import load_digits
 
-from veil.sdk import RemoteError, TrainingOutcome, TrainingProgress
-from veil.sdk.audit import Receipt
 from soak.load_worker import LoadSpec
 from soak.soak_support import (
     LoadFleet,
@@ -41,6 +39,8 @@ from soak.soak_support import (
     read_receipts,
     temp_files,
 )
+from veil.sdk import RemoteError, TrainingOutcome, TrainingProgress
+from veil.sdk.audit import Receipt
 
 pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
 

@@ -32,14 +32,14 @@ from veil.enclave._watermark import WatermarkDesk
 from veil.enclave.audit import AuditLog, EventTally, ExportFormat, ExportResult, Signer
 from veil.enclave.tee._base import TeeProvider
 from veil.enclave.tee._nvidia_gpu import GpuEvidenceSource
-from veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
-from veil.sdk.evidence import Evidence, from_ms
+from veil.sdk.attestation._composite import gpu_nonce_for
+from veil.sdk.audit import AuditRecord, Checkpoint, DigestKey, EventType, Outcome, SignedNote
 from veil.sdk.errors import AuditLogError, ProtocolError
+from veil.sdk.evidence import Evidence, from_ms
 from veil.sdk.protocol import MODEL_KEY_LEN, NONCE_LEN, report_data_for
 from veil.sdk.sealing import decrypt_chunk
 from veil.sdk.tensors import from_proto, to_proto
-from veil.sdk.attestation._composite import gpu_nonce_for
-from veil.sdk.audit import AuditRecord, Checkpoint, DigestKey, EventType, Outcome, SignedNote
+from veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 
 __all__ = ["Enclave", "UploadSession"]
 

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
-from veil.v1 import attestation_pb2
-from veil.sdk.evidence import to_ms
 from veil.sdk.errors import ProtocolError
+from veil.sdk.evidence import to_ms
 from veil.sdk.protocol import PROTOCOL_VERSION, Suite, claims_digest, encode_hybrid
+from veil.v1 import attestation_pb2
 
 __all__ = ["KeyEpoch", "KeyRing", "UnknownKeyError"]
 

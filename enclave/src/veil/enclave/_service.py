@@ -17,6 +17,9 @@ from google.protobuf.message import DecodeError, Message
 from veil.enclave._enclave import Enclave, Handled, UploadSession
 from veil.enclave._gateway import OpenedRequest
 from veil.enclave._status import SealedFailure, grpc_errors, grpc_stream_errors
+from veil.sdk.audit import EventType
+from veil.sdk.errors import ProtocolError
+from veil.sdk.protocol import Method
 from veil.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -32,9 +35,6 @@ from veil.v1 import (
     watermark_pb2,
     watermark_pb2_grpc,
 )
-from veil.sdk.errors import ProtocolError
-from veil.sdk.protocol import Method
-from veil.sdk.audit import EventType
 
 __all__ = [
     "AttestationServicer",

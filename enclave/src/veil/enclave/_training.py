@@ -18,9 +18,9 @@ import rfc8785
 
 from veil.enclave._datasets import DatasetRecord, DatasetStore
 from veil.enclave._errors import InvalidInput
-from veil.v1 import training_pb2
-from veil.sdk.errors import ConfigError, PrivacyBudgetExceeded
 from veil.sdk.audit import EventType, Outcome
+from veil.sdk.errors import ConfigError, PrivacyBudgetExceeded
+from veil.v1 import training_pb2
 
 if TYPE_CHECKING:
     from veil.enclave._enclave import Enclave, Handled

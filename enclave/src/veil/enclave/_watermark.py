@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from veil.enclave._errors import InvalidInput
-from veil.v1 import watermark_pb2
 from veil.sdk.errors import ConfigError, WatermarkError
+from veil.v1 import watermark_pb2
 
 if TYPE_CHECKING:
     from veil.enclave._enclave import Enclave, Handled

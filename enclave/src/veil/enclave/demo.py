@@ -58,7 +58,16 @@ def demo_model(seed: int = 7) -> bytes:
 
 def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "veil.sdk.cli", "serve", "--data-dir", str(data_dir), "--port", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "veil.sdk.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        "0",
+    ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     )

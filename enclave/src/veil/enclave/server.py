@@ -41,6 +41,7 @@ from veil.enclave._service import (
     WatermarkServicer,
 )
 from veil.enclave._status import abort_with
+from veil.sdk.errors import ProtocolError, VeilError
 from veil.v1 import (
     attestation_pb2,
     attestation_pb2_grpc,
@@ -55,7 +56,6 @@ from veil.v1 import (
     watermark_pb2,
     watermark_pb2_grpc,
 )
-from veil.sdk.errors import ProtocolError, VeilError
 
 __all__ = ["RunningServer", "create_server", "server_credentials"]
 

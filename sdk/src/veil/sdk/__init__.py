@@ -11,24 +11,9 @@ Nothing is sent to an enclave before its evidence verifies under the policy; eve
 raises a subclass of :class:`VeilError`.
 """
 
-from veil.sdk.evidence import AttestedEnclave, EnclaveClaims, Evidence, verify_enclave
 from veil.sdk._client import AsyncClient, Client, TrainingJob
 from veil.sdk._core import TlsOptions
-from veil.sdk.errors import (
-    AttestationError,
-    AttestationFailure,
-    AuditLogError,
-    ConfigError,
-    DecryptionError,
-    InsecureModeWarning,
-    PrivacyBudgetExceeded,
-    ProtocolError,
-    RemoteError,
-    VeilError,
-    WatermarkError,
-)
 from veil.sdk._models import ModelInfo, TensorInfo, WatermarkCheck, WatermarkEmbedding
-from veil.sdk.protocol import Suite
 from veil.sdk._training import (
     BudgetInfo,
     DatasetInfo,
@@ -48,6 +33,21 @@ from veil.sdk.attestation import (
     VerifiedSnpReport,
     verify_snp_report,
 )
+from veil.sdk.errors import (
+    AttestationError,
+    AttestationFailure,
+    AuditLogError,
+    ConfigError,
+    DecryptionError,
+    InsecureModeWarning,
+    PrivacyBudgetExceeded,
+    ProtocolError,
+    RemoteError,
+    VeilError,
+    WatermarkError,
+)
+from veil.sdk.evidence import AttestedEnclave, EnclaveClaims, Evidence, verify_enclave
+from veil.sdk.protocol import Suite
 
 __all__ = [
     "AsyncClient",

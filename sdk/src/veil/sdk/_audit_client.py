@@ -14,10 +14,6 @@ from typing import BinaryIO
 
 from google.protobuf.message import DecodeError
 
-from veil.v1 import attestation_pb2, audit_pb2
-from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
-from veil.sdk.errors import AuditLogError, ProtocolError
-from veil.sdk.protocol import NONCE_LEN
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.audit import (
     Checkpoint,
@@ -27,6 +23,10 @@ from veil.sdk.audit import (
     verify_checkpoint,
     verify_checkpoint_consistency,
 )
+from veil.sdk.errors import AuditLogError, ProtocolError
+from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
+from veil.sdk.protocol import NONCE_LEN
+from veil.v1 import attestation_pb2, audit_pb2
 
 __all__ = [
     "EVIDENCE_FILE",

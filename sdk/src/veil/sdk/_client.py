@@ -21,6 +21,27 @@ import numpy.typing as npt
 from google.protobuf.message import Message
 from tqdm import tqdm
 
+from veil.sdk._audit_client import (
+    ExportReceiver,
+    checked_checkpoint,
+    checked_consistency,
+    checked_inclusion,
+)
+from veil.sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
+from veil.sdk._models import ModelInfo, WatermarkCheck, WatermarkEmbedding
+from veil.sdk._training import (
+    BudgetInfo,
+    DatasetInfo,
+    TrainingOutcome,
+    TrainingProgress,
+    outcome_from_result,
+)
+from veil.sdk.attestation._policy import AttestationPolicy
+from veil.sdk.audit import Checkpoint, Receipt
+from veil.sdk.errors import ProtocolError, RemoteError
+from veil.sdk.evidence import AttestedEnclave, to_ms
+from veil.sdk.protocol import Method, Suite
+from veil.sdk.sealing import SealedCall
 from veil.v1 import (
     attestation_pb2_grpc,
     audit_pb2,
@@ -35,27 +56,6 @@ from veil.v1 import (
     watermark_pb2,
     watermark_pb2_grpc,
 )
-from veil.sdk.evidence import AttestedEnclave, to_ms
-from veil.sdk._audit_client import (
-    ExportReceiver,
-    checked_checkpoint,
-    checked_consistency,
-    checked_inclusion,
-)
-from veil.sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
-from veil.sdk.errors import ProtocolError, RemoteError
-from veil.sdk._models import ModelInfo, WatermarkCheck, WatermarkEmbedding
-from veil.sdk.protocol import Method, Suite
-from veil.sdk.sealing import SealedCall
-from veil.sdk._training import (
-    BudgetInfo,
-    DatasetInfo,
-    TrainingOutcome,
-    TrainingProgress,
-    outcome_from_result,
-)
-from veil.sdk.attestation._policy import AttestationPolicy
-from veil.sdk.audit import Checkpoint, Receipt
 
 __all__ = ["AsyncClient", "Client"]
 

@@ -19,10 +19,11 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError, Message
 
-from veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
-from veil.sdk.evidence import AttestedEnclave, Evidence, to_ms, verify_enclave
-from veil.sdk.errors import AuditLogError, DecryptionError, ProtocolError, RemoteError
 from veil.sdk._models import ModelInfo
+from veil.sdk.attestation._policy import AttestationPolicy
+from veil.sdk.audit._receipt import Receipt, verify_receipt
+from veil.sdk.errors import AuditLogError, DecryptionError, ProtocolError, RemoteError
+from veil.sdk.evidence import AttestedEnclave, Evidence, to_ms, verify_enclave
 from veil.sdk.protocol import MODEL_KEY_LEN, NONCE_LEN, Method, Suite
 from veil.sdk.sealing import (
     SEALED_ERROR_KEY,
@@ -35,8 +36,7 @@ from veil.sdk.sealing import (
     seal_request,
 )
 from veil.sdk.tensors import from_proto, to_proto
-from veil.sdk.attestation._policy import AttestationPolicy
-from veil.sdk.audit._receipt import Receipt, verify_receipt
+from veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 
 __all__ = ["Challenge", "ClientCore", "TlsOptions", "remote_error", "request_digest"]
 

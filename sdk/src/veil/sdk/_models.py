@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from veil.v1 import models_pb2
 from veil.sdk.evidence import from_ms
+from veil.v1 import models_pb2
 
 __all__ = ["ModelInfo", "TensorInfo", "WatermarkCheck", "WatermarkEmbedding"]
 

@@ -16,12 +16,12 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from veil.v1 import attestation_pb2, training_pb2
-from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
-from veil.sdk.errors import AuditLogError, ProtocolError
 from veil.sdk._models import ModelInfo
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.audit import SignedNote
+from veil.sdk.errors import AuditLogError, ProtocolError
+from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
+from veil.v1 import attestation_pb2, training_pb2
 
 __all__ = [
     "CERTIFICATE_HEADER",

@@ -31,14 +31,6 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from veil.sdk.errors import (
-    AttestationError,
-    AttestationFailure,
-    ConfigError,
-    InsecureModeWarning,
-    VeilError,
-    warn_insecure,
-)
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.attestation._policy_file import (
     PolicyFile,
@@ -47,8 +39,16 @@ from veil.sdk.attestation._policy_file import (
     load_signed_policy,
 )
 from veil.sdk.attestation._roots import TrustRoot
-from veil.sdk.attestation.snp_report import SnpReport
 from veil.sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+from veil.sdk.attestation.snp_report import SnpReport
+from veil.sdk.errors import (
+    AttestationError,
+    AttestationFailure,
+    ConfigError,
+    InsecureModeWarning,
+    VeilError,
+    warn_insecure,
+)
 
 __all__ = ["add_verify_parser", "cmd_attest_verify"]
 

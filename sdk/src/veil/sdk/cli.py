@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from veil.sdk.evidence import AttestedEnclave
 from veil.sdk._client import Client
 from veil.sdk._core import TlsOptions
-from veil.sdk.errors import ConfigError, VeilError
-from veil.sdk.protocol import Suite
 from veil.sdk.attest_cli import add_verify_parser, snp_json
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.attestation._snp_verify import VerifiedSnpReport
+from veil.sdk.errors import ConfigError, VeilError
+from veil.sdk.evidence import AttestedEnclave
+from veil.sdk.protocol import Suite
 
 __all__ = ["add_client_options", "client_from_args", "main", "parse_time"]
 

@@ -10,7 +10,13 @@ from types import MappingProxyType
 
 from google.protobuf.message import DecodeError
 
-from veil.v1 import attestation_pb2
+from veil.sdk.attestation._composite import VerifiedComposite, verify_composite
+from veil.sdk.attestation._policy import AttestationPolicy
+from veil.sdk.attestation._roots import load_certificates
+from veil.sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+from veil.sdk.attestation.nvidia import SpdmEvidence, verify_rim
+from veil.sdk.attestation.tdx import TdxCollateral, VerifiedTdxQuote, verify_tdx_quote
+from veil.sdk.audit._note import Verifier
 from veil.sdk.errors import AttestationError, AttestationFailure, AuditLogError, ProtocolError
 from veil.sdk.protocol import (
     NONCE_LEN,
@@ -21,13 +27,7 @@ from veil.sdk.protocol import (
     decode_public_key,
     report_data_for,
 )
-from veil.sdk.attestation._composite import VerifiedComposite, verify_composite
-from veil.sdk.attestation._policy import AttestationPolicy
-from veil.sdk.attestation._roots import load_certificates
-from veil.sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
-from veil.sdk.attestation.nvidia import SpdmEvidence, verify_rim
-from veil.sdk.attestation.tdx import TdxCollateral, VerifiedTdxQuote, verify_tdx_quote
-from veil.sdk.audit._note import Verifier
+from veil.v1 import attestation_pb2
 
 __all__ = [
     "AttestedEnclave",

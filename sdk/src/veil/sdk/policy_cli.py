@@ -21,7 +21,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from veil.sdk.errors import AttestationError, ConfigError, VeilError
 from veil.sdk.attestation._policy_file import (
     PolicyFile,
     load_policy,
@@ -32,6 +31,7 @@ from veil.sdk.attestation._policy_file import (
     sign_policy,
     signature_path,
 )
+from veil.sdk.errors import AttestationError, ConfigError, VeilError
 
 __all__ = ["main", "register"]
 

@@ -20,9 +20,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
-from veil.v1 import common_pb2
-from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.errors import DecryptionError, ProtocolError
+from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.protocol import (
     MODEL_KEY_LEN,
     PROTOCOL_VERSION,
@@ -34,6 +33,7 @@ from veil.sdk.protocol import (
     request_info,
     response_aad,
 )
+from veil.v1 import common_pb2
 
 __all__ = [
     "CLEAR_MESSAGES",

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from veil.v1 import common_pb2
 from veil.sdk.errors import ProtocolError
+from veil.v1 import common_pb2
 
 __all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "to_proto"]
 

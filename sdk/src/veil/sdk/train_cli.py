@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from veil.sdk.errors import ConfigError
 from veil.sdk._training import TrainingOutcome, TrainingProgress, verify_training_record
 from veil.sdk.attestation._policy import AttestationPolicy
+from veil.sdk.errors import ConfigError
 
 __all__ = ["register_budget", "register_train"]
 

@@ -27,7 +27,6 @@ from veil.enclave.audit._reserve import RESERVE_FILE, HeadroomReserve
 from veil.enclave.audit._signer import Signer
 from veil.enclave.audit._tenant_log import FileOps, TenantLog
 from veil.enclave.audit._views import write_csv, write_ocsf
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import AuditRecord, Checkpoint, DigestKey, Receipt, Verifier
 from veil.sdk.audit.export import (
     ATTESTATION_DIR,
@@ -38,6 +37,7 @@ from veil.sdk.audit.export import (
     PUBKEY_FILE,
 )
 from veil.sdk.audit.records import check_tenant, format_time, parse_time
+from veil.sdk.errors import AuditLogError
 
 __all__ = ["Appended", "AuditLog", "ExportFormat", "ExportResult"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import NoteSignature, SignedNote, Verifier
+from veil.sdk.errors import AuditLogError
 
 __all__ = ["Signer"]
 

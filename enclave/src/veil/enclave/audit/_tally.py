@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from veil.enclave.audit._log import AuditLog
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import AuditRecord, EventType, Outcome
 from veil.sdk.audit.records import format_time
+from veil.sdk.errors import AuditLogError
 
 __all__ = ["EventTally"]
 

@@ -38,8 +38,8 @@ from typing import Protocol
 
 from veil.enclave._disk import is_disk_full
 from veil.enclave._files import write_atomic
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit import Checkpoint, MerkleTree, SignedNote, hash_leaf
+from veil.sdk.errors import AuditLogError
 
 __all__ = ["FileOps", "OsFileOps", "TenantLog"]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError
 from veil.sdk.attestation.nvidia import SpdmEvidence
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError
 
 __all__ = ["GpuEvidence", "GpuEvidenceSource", "RecordedGpuEvidence"]
 

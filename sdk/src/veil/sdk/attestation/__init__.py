@@ -15,8 +15,8 @@ from veil.sdk.attestation._policy_file import (
     parse_policy,
 )
 from veil.sdk.attestation._roots import TrustRoot, amd_roots
-from veil.sdk.attestation.snp_report import Product, SnpReport, TcbVersion
 from veil.sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
+from veil.sdk.attestation.snp_report import Product, SnpReport, TcbVersion
 
 __all__ = [
     "AttestationPolicy",

@@ -14,7 +14,6 @@ from typing import Protocol
 
 from cryptography import x509
 
-from veil.sdk.errors import AttestationError, AttestationFailure
 from veil.sdk.attestation.nvidia import (
     RevocationSource,
     SpdmEvidence,
@@ -22,6 +21,7 @@ from veil.sdk.attestation.nvidia import (
     VerifiedRim,
     verify_gpu_evidence,
 )
+from veil.sdk.errors import AttestationError, AttestationFailure
 
 __all__ = [
     "GPU_NONCE_DOMAIN",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from cryptography import x509
 
-from veil.sdk.errors import ConfigError
 from veil.sdk.attestation._roots import TrustRoot, amd_roots
-from veil.sdk.attestation.snp_report import TcbVersion
 from veil.sdk.attestation.nvidia import RevocationSource, RimStore
+from veil.sdk.attestation.snp_report import TcbVersion
 from veil.sdk.attestation.tdx import TdxPolicy
+from veil.sdk.errors import ConfigError
 
 __all__ = ["AttestationPolicy", "GpuRequirement"]
 

@@ -58,12 +58,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, VeilError
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.attestation._roots import TrustRoot, amd_roots
 from veil.sdk.attestation.snp_report import TcbVersion
 from veil.sdk.attestation.tdx._collateral import TcbStatus
 from veil.sdk.attestation.tdx._policy import TdxPolicy, intel_sgx_root_ca
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, VeilError
 
 __all__ = [
     "KNOWN_TEES",

@@ -11,8 +11,8 @@ from importlib import resources
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from veil.sdk.errors import AttestationError, AttestationFailure
 from veil.sdk.attestation.snp_report import Product
+from veil.sdk.errors import AttestationError, AttestationFailure
 
 __all__ = ["TrustRoot", "amd_roots", "load_certificates"]
 

@@ -24,16 +24,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from veil.sdk.errors import AttestationError, AttestationFailure, warn_insecure
-from veil.sdk.attestation.der import decode_ia5, decode_integer, decode_octets
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.attestation._roots import TrustRoot, load_certificates
+from veil.sdk.attestation.der import decode_ia5, decode_integer, decode_octets
 from veil.sdk.attestation.snp_report import (
     SIGNATURE_ALGO_ECDSA_P384_SHA384,
     Product,
     SnpReport,
     TcbVersion,
 )
+from veil.sdk.errors import AttestationError, AttestationFailure, warn_insecure
 
 __all__ = ["SnpCertChain", "VerifiedSnpReport", "verify_snp_report"]
 

@@ -5,7 +5,6 @@ receipts and offline verification of exports. The writer lives in ``veil.enclave
 """
 
 from veil.sdk.audit._checkpoint import Checkpoint, verify_checkpoint, verify_checkpoint_consistency
-from veil.sdk.audit.export import VerifiedExport, verify_export
 from veil.sdk.audit._merkle import (
     MerkleTree,
     empty_root,
@@ -17,6 +16,7 @@ from veil.sdk.audit._merkle import (
 )
 from veil.sdk.audit._note import NoteSignature, SignedNote, VerifiedNote, Verifier, key_hash
 from veil.sdk.audit._receipt import Receipt, check_receipt_inclusion, verify_receipt
+from veil.sdk.audit.export import VerifiedExport, verify_export
 from veil.sdk.audit.records import AuditRecord, DigestKey, EventType, Outcome, canonical_json
 
 __all__ = [

@@ -11,9 +11,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit._merkle import HASH_SIZE, verify_consistency
 from veil.sdk.audit._note import SignedNote, Verifier, _b64decode
+from veil.sdk.errors import AuditLogError
 
 __all__ = ["Checkpoint", "verify_checkpoint", "verify_checkpoint_consistency"]
 

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from veil.sdk.errors import AuditLogError
 from veil.sdk.audit._checkpoint import Checkpoint
 from veil.sdk.audit._merkle import HASH_SIZE, verify_inclusion
 from veil.sdk.audit._note import SignedNote, Verifier, _b64decode
 from veil.sdk.audit.records import canonical_json, check_tenant, parse_time
+from veil.sdk.errors import AuditLogError
 
 __all__ = ["RECEIPT_HEADER", "Receipt", "check_receipt_inclusion", "verify_receipt"]
 

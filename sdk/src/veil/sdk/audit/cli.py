@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from veil.sdk.errors import VeilError
 from veil.sdk.audit import Checkpoint, SignedNote
 from veil.sdk.audit.export import CHECKPOINT_FILE, verify_export
+from veil.sdk.errors import VeilError
 
 __all__ = ["register"]
 

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from veil.sdk.errors import AuditLogError, warn_insecure
 from veil.sdk.audit._checkpoint import Checkpoint
 from veil.sdk.audit._merkle import HASH_SIZE, hash_leaf, root_from_leaf_hashes, verify_inclusion
 from veil.sdk.audit._note import SignedNote, Verifier, _b64decode
 from veil.sdk.audit.records import AuditRecord
+from veil.sdk.errors import AuditLogError, warn_insecure
 
 __all__ = [
     "CHECKPOINT_FILE",

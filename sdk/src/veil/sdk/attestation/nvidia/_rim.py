@@ -20,9 +20,9 @@ from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import InvalidInput, SignXMLException
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
-from veil.sdk.errors import AttestationError, AttestationFailure, warn_insecure
 from veil.sdk.attestation.nvidia._roots import nvidia_rim_root
 from veil.sdk.attestation.tdx._x509 import verify_chain
+from veil.sdk.errors import AttestationError, AttestationFailure, warn_insecure
 
 __all__ = [
     "DirectoryRimStore",

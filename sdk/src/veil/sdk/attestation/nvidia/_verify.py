@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509 import ocsp
 
-from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, warn_insecure
 from veil.sdk.attestation.nvidia._rim import VerifiedRim
 from veil.sdk.attestation.nvidia._roots import nvidia_device_root
 from veil.sdk.attestation.nvidia._spdm import SpdmEvidence
 from veil.sdk.attestation.tdx._x509 import load_certificates, verify_chain
+from veil.sdk.errors import AttestationError, AttestationFailure, ConfigError, warn_insecure
 
 __all__ = [
     "OfflineOcspCache",

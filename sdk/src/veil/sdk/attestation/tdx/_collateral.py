@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from veil.sdk.errors import AttestationError, AttestationFailure
 from veil.sdk.attestation.tdx._x509 import load_certificates, load_crl, verify_chain
+from veil.sdk.errors import AttestationError, AttestationFailure
 
 __all__ = [
     "QeIdentity",

@@ -10,9 +10,9 @@ from importlib import resources
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from veil.sdk.errors import ConfigError
 from veil.sdk.attestation.tdx._collateral import TcbStatus
 from veil.sdk.attestation.tdx._x509 import load_certificates
+from veil.sdk.errors import ConfigError
 
 __all__ = ["TdxPolicy", "intel_sgx_root_ca"]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from veil.sdk.errors import AttestationError, AttestationFailure
 from veil.sdk.attestation.tdx._x509 import load_certificates
+from veil.sdk.errors import AttestationError, AttestationFailure
 
 __all__ = ["QeReport", "TdReportBody", "TdxQuote", "TdxQuoteSignature"]
 

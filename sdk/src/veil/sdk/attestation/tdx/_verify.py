@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from veil.sdk.errors import AttestationError, AttestationFailure, warn_insecure
 from veil.sdk.attestation.tdx._collateral import (
     QeIdentity,
     TcbInfo,
@@ -42,6 +41,7 @@ from veil.sdk.attestation.tdx._pck import PckExtensions
 from veil.sdk.attestation.tdx._policy import TdxPolicy, is_production_root
 from veil.sdk.attestation.tdx._quote import INTEL_QE_VENDOR_ID, TdxQuote
 from veil.sdk.attestation.tdx._x509 import check_not_revoked, verify_chain, verify_crl
+from veil.sdk.errors import AttestationError, AttestationFailure, warn_insecure
 
 __all__ = [
     "TcbEvaluation",
