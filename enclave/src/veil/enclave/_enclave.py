@@ -32,7 +32,7 @@ from veil.enclave._watermark import WatermarkDesk
 from veil.enclave.audit import AuditLog, EventTally, ExportFormat, ExportResult, Signer
 from veil.enclave.tee._base import TeeProvider
 from veil.enclave.tee._nvidia_gpu import GpuEvidenceSource
-from veil.sdk.attestation._composite import gpu_nonce_for
+from veil.sdk.attestation import gpu_nonce_for
 from veil.sdk.audit import AuditRecord, Checkpoint, DigestKey, EventType, Outcome, SignedNote
 from veil.sdk.errors import AuditLogError, ProtocolError
 from veil.sdk.evidence import Evidence, from_ms

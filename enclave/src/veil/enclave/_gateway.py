@@ -13,7 +13,6 @@ from veil.enclave._config import Tenant
 from veil.enclave._errors import AuthError
 from veil.enclave._keys import KeyRing
 from veil.enclave._replay import ReplayGuard
-from veil.sdk._core import request_digest
 from veil.sdk.errors import DecryptionError, ProtocolError
 from veil.sdk.evidence import to_ms
 from veil.sdk.protocol import (
@@ -23,7 +22,7 @@ from veil.sdk.protocol import (
     Suite,
     request_info,
 )
-from veil.sdk.sealing import seal_response
+from veil.sdk.sealing import request_digest, seal_response
 from veil.v1 import common_pb2
 
 __all__ = ["Gateway", "OpenedRequest"]

@@ -33,12 +33,13 @@ from veil.sdk.sealing import (
     encrypt_chunk,
     open_error,
     open_response,
+    request_digest,
     seal_request,
 )
 from veil.sdk.tensors import from_proto, to_proto
 from veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 
-__all__ = ["Challenge", "ClientCore", "TlsOptions", "remote_error", "request_digest"]
+__all__ = ["Challenge", "ClientCore", "TlsOptions", "remote_error"]
 
 REASON_KEY = "veil-reason"
 MAX_RECEIPTS = 10_000
@@ -73,11 +74,6 @@ class Challenge:
 
     def request(self) -> attestation_pb2.AttestationRequest:
         return attestation_pb2.AttestationRequest(nonce=self.nonce)
-
-
-def request_digest(request: common_pb2.SealedRequest) -> str:
-    """What a receipt names as the request: SHA-256 of the sealed bytes (enc ‖ ciphertext)."""
-    return hashlib.sha256(request.sealed).hexdigest()
 
 
 def remote_error(

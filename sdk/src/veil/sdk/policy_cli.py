@@ -1,6 +1,7 @@
 """``veil policy keygen|sign|check``: the operator's signed attestation policy files.
 
-Registered through the ``veil.commands`` entry-point group (``policy = "veil.sdk.policy_cli:register"``).
+Registered through the ``veil.commands`` entry-point group
+(``policy = "veil.sdk.policy_cli:register"``).
 Exit codes: 0 success / valid, 1 invalid policy or bad signature (reason on stderr), 2 usage.
 
     veil policy keygen --out operator.key      # writes operator.key (0600) and operator.key.pub

@@ -11,6 +11,7 @@ status says no more than a code, a reason and a fixed message.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "encrypt_chunk",
     "open_error",
     "open_response",
+    "request_digest",
     "seal_error",
     "seal_request",
     "seal_response",
@@ -283,3 +285,8 @@ def decrypt_chunk(
         )
     except (InvalidTag, ValueError) as exc:
         raise DecryptionError("model chunk could not be opened") from exc
+
+
+def request_digest(request: common_pb2.SealedRequest) -> str:
+    """What a receipt names as the request: SHA-256 of the sealed bytes (enc ‖ ciphertext)."""
+    return hashlib.sha256(request.sealed).hexdigest()

@@ -8,7 +8,7 @@ the NVIDIA driver and a GPU in CC mode, which this project has not exercised.
 ``RecordedGpuEvidence`` replays evidence recorded from real hardware (e.g. the nvtrust samples):
 it only answers the nonce the recording was made for, and refuses any other, so it can never
 pretend a recording is fresh. The composite binding (GPU nonce = H(CPU REPORT_DATA)) lives in
-``veil.sdk.attestation._composite.gpu_nonce_for``.
+``veil.sdk.attestation.gpu_nonce_for``.
 """
 
 from __future__ import annotations

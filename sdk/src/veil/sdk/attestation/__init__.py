@@ -4,7 +4,7 @@ SEV-SNP lives here; Intel TDX and NVIDIA GPU verifiers live in the ``tdx`` and `
 subpackages.
 """
 
-from veil.sdk.attestation._composite import VerifiedComposite
+from veil.sdk.attestation._composite import VerifiedComposite, gpu_nonce_for
 from veil.sdk.attestation._policy import AttestationPolicy, GpuRequirement
 from veil.sdk.attestation._policy_file import (
     GpuPolicy,
@@ -32,6 +32,7 @@ __all__ = [
     "VerifiedComposite",
     "VerifiedSnpReport",
     "amd_roots",
+    "gpu_nonce_for",
     "load_policy",
     "load_signed_policy",
     "parse_policy",
