@@ -262,7 +262,8 @@ def test_public_api_is_curated_and_light() -> None:
     # Importing the package and registering the CLI loads neither torch nor onnx, and still works
     # where onnx is missing (the light SDK's `veil` command loads every entry point).
     probe = (
-        "import sys, argparse; sys.modules['onnx'] = None; import veil.watermark as watermark, veil.watermark.cli; "
+        "import sys, argparse; sys.modules['onnx'] = None; "
+        "import veil.watermark, veil.watermark.cli; "
         "veil.watermark.cli.register(argparse.ArgumentParser().add_subparsers()); "
         "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if sys.modules.get(m)))"
     )
