@@ -25,6 +25,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader
 
+from veil.sdk import TrainingProgress
 from veil.sdk.errors import ConfigError, VeilError
 
 from ._accounting import AccountantKind, compute_epsilon, find_noise_multiplier
@@ -206,16 +207,8 @@ class TrainingPlan:
         )
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Reported after a step. ``epsilon`` bounds what is spent so far from above: it is the
-    epsilon after the last step of the current epoch (exact at epoch ends)."""
-
-    epoch: int
-    step: int
-    total_steps: int
-    loss: float
-    epsilon: float
+ProgressEvent = TrainingProgress
+"""Reported after a step: :class:`veil.sdk.TrainingProgress` (one type, defined in the SDK)."""
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,12 @@ class WatermarkEmbedding:
 
 @dataclass(frozen=True)
 class WatermarkCheck:
-    """The enclave's verdict on a claimed watermark (exact binomial p-value)."""
+    """A verdict on a claimed watermark: what was measured, and whether ``p_value < threshold``.
+
+    The one type for both checks: the enclave's (``Client.verify_watermark``) and the offline
+    white-box one (``veil.watermark.verify``, which also names the layer it read).
+    ``p_value`` is the exact binomial tail P[X >= matches], X ~ Bin(n_bits, 1/2).
+    """
 
     detected: bool
     p_value: float
@@ -75,3 +80,8 @@ class WatermarkCheck:
     threshold: float
     model_sha256: str
     claim_sha256: str
+    layer_node: str = ""  # the ONNX node whose weights were read; empty when checked remotely
+
+    @property
+    def bit_error_rate(self) -> float:
+        return 1.0 - self.matches / self.n_bits

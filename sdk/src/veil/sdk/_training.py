@@ -91,6 +91,12 @@ class BudgetInfo:
 
 @dataclass(frozen=True)
 class TrainingProgress:
+    """Reported after a training step (``veil.privacy`` calls it ``ProgressEvent``).
+
+    ``epsilon`` bounds what is spent so far from above: it is the epsilon after the last step
+    of the current epoch (exact at epoch ends).
+    """
+
     epoch: int
     step: int
     total_steps: int

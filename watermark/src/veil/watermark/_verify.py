@@ -18,6 +18,7 @@ import numpy.typing as npt
 import onnx
 from google.protobuf.message import DecodeError
 
+from veil.sdk import WatermarkCheck
 from veil.sdk.errors import WatermarkError
 from veil.watermark._claim import WatermarkClaim
 from veil.watermark._keys import WatermarkKey, derive_projection, message_bits
@@ -42,21 +43,8 @@ DEFAULT_THRESHOLD = 1e-9
 Predictor = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.generic]]
 
 
-@dataclass(frozen=True)
-class WatermarkVerdict:
-    """Outcome of a white-box check: what was measured, and whether p < threshold."""
-
-    detected: bool
-    p_value: float
-    matches: int
-    n_bits: int
-    threshold: float
-    model_sha256: str
-    layer_node: str
-
-    @property
-    def bit_error_rate(self) -> float:
-        return 1.0 - self.matches / self.n_bits
+WatermarkVerdict = WatermarkCheck
+"""The white-box verdict: the SDK's :class:`~veil.sdk.WatermarkCheck` (one type, defined there)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +142,7 @@ def verify(
         n_bits=claim.n_bits,
         threshold=threshold,
         model_sha256=digest,
+        claim_sha256=claim.digest(),
         layer_node=layer.node_name,
     )
 
