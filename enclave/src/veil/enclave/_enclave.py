@@ -9,8 +9,8 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,13 @@ from veil.enclave._config import SYSTEM_LOG, ServerConfig
 from veil.enclave._errors import AuthError, InvalidInput, TooLarge
 from veil.enclave._files import remove_temp_files
 from veil.enclave._gateway import Gateway, OpenedRequest
+from veil.enclave._handled import Handled, model_info
 from veil.enclave._keys import KeyEpoch, KeyRing
 from veil.enclave._measurement import measure
 from veil.enclave._onnx import InferenceEngine, validate_onnx
 from veil.enclave._replay import ReplayGuard
 from veil.enclave._spool import UploadBuffer, remove_spool_files
-from veil.enclave._store import ModelRecord, ModelStore, parse_ref
+from veil.enclave._store import ModelStore, parse_ref
 from veil.enclave._training import TrainingDesk
 from veil.enclave._watermark import WatermarkDesk
 from veil.enclave.audit import AuditLog, EventTally, ExportFormat, ExportResult, Signer
@@ -53,35 +54,6 @@ AUDIT_RESERVE_BYTES = 4 * 1024 * 1024  # preallocated for the audit log, release
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
-    def specs(items: Iterable[object]) -> list[models_pb2.TensorSpec]:
-        return [
-            models_pb2.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape))  # type: ignore[attr-defined]
-            for s in items
-        ]
-
-    return models_pb2.ModelInfo(
-        name=record.name,
-        version=record.version,
-        ref=record.ref,
-        sha256=record.sha256,
-        size=record.size,
-        created_at_ms=record.created_at_ms,
-        inputs=specs(record.inputs),
-        outputs=specs(record.outputs),
-    )
-
-
-@dataclass(frozen=True)
-class Handled:
-    """A method's answer and what its audit record says about it (digests, never plaintext)."""
-
-    message: Message
-    resource: str | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
-    model_digest: str | None = None
 
 
 @dataclass
@@ -438,7 +410,7 @@ class Enclave:
 
     @functools.cached_property
     def watermarks(self) -> WatermarkDesk:
-        return WatermarkDesk(self)
+        return WatermarkDesk(self, lambda: self.training.datasets)
 
     def begin_dataset_upload(self, opened: OpenedRequest) -> UploadSession:
         header = training_pb2.DatasetHeader()

@@ -14,8 +14,9 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from veil.enclave._enclave import Enclave, Handled, UploadSession
+from veil.enclave._enclave import Enclave, UploadSession
 from veil.enclave._gateway import OpenedRequest
+from veil.enclave._handled import Handled
 from veil.enclave._status import SealedFailure, grpc_errors, grpc_stream_errors
 from veil.sdk.audit import EventType
 from veil.sdk.errors import ProtocolError

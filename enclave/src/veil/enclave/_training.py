@@ -12,18 +12,18 @@ import json
 import math
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import rfc8785
 
 from veil.enclave._datasets import DatasetRecord, DatasetStore
 from veil.enclave._errors import InvalidInput
+from veil.enclave._handled import EnclaveContext, Handled, model_info
+from veil.enclave._onnx import validate_onnx
+from veil.enclave._store import parse_ref
 from veil.sdk.audit import EventType, Outcome
 from veil.sdk.errors import ConfigError, PrivacyBudgetExceeded
 from veil.v1 import training_pb2
-
-if TYPE_CHECKING:
-    from veil.enclave._enclave import Enclave, Handled
 
 __all__ = ["CERTIFICATE_HEADER", "TrainingDesk"]
 
@@ -59,7 +59,7 @@ def _spec_fields(req: training_pb2.TrainRequest) -> dict[str, Any]:
 class TrainingDesk:
     """Datasets, budgets and DP training jobs for one enclave."""
 
-    def __init__(self, enclave: Enclave) -> None:
+    def __init__(self, enclave: EnclaveContext) -> None:
         from veil.privacy import BudgetConfig, BudgetLedger
 
         self._enclave = enclave
@@ -79,7 +79,6 @@ class TrainingDesk:
     def finish_dataset_upload(
         self, tenant: str, header: training_pb2.DatasetHeader, data: bytes
     ) -> Handled:
-        from veil.enclave._enclave import Handled
         from veil.privacy import DatasetLimits, load_dataset
 
         try:
@@ -117,7 +116,6 @@ class TrainingDesk:
     # -- budget ---------------------------------------------------------------------------
 
     def budget(self, tenant: str, req: training_pb2.BudgetRequest) -> Handled:
-        from veil.enclave._enclave import Handled
 
         self.datasets.get(tenant, req.dataset_sha256)  # NOT_FOUND for someone else's dataset
         status = self.ledger.status(tenant, req.dataset_sha256)
@@ -138,8 +136,6 @@ class TrainingDesk:
         self, tenant: str, key_id: str, origin: str, req: training_pb2.TrainRequest, emit: Emit
     ) -> Handled:
         """Run one DP-SGD job: charge first, train, settle, register, certify."""
-        from veil.enclave._enclave import Handled, model_info
-        from veil.enclave._onnx import validate_onnx
         from veil.privacy import (
             AccountantKind,
             Charge,
@@ -178,7 +174,6 @@ class TrainingDesk:
             plan = plan_training(dataset.num_rows, config)
         except (ConfigError, ValueError) as exc:
             raise InvalidInput(str(exc).splitlines()[0]) from exc
-        from veil.enclave._store import parse_ref
 
         parse_ref(name)
         job_id = secrets.token_hex(8)

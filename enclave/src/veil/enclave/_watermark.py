@@ -6,14 +6,14 @@ commitment in the tenant's audit log (a timestamp proving the mark predates any 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from veil.enclave._datasets import DatasetStore
 from veil.enclave._errors import InvalidInput
+from veil.enclave._handled import EnclaveContext, Handled, model_info
+from veil.enclave._onnx import validate_onnx
 from veil.sdk.errors import ConfigError, WatermarkError
 from veil.v1 import watermark_pb2
-
-if TYPE_CHECKING:
-    from veil.enclave._enclave import Enclave, Handled
 
 __all__ = ["WatermarkDesk"]
 
@@ -21,14 +21,13 @@ DEFAULT_THRESHOLD = 1e-9
 
 
 class WatermarkDesk:
-    def __init__(self, enclave: Enclave) -> None:
+    def __init__(self, enclave: EnclaveContext, datasets: Callable[[], DatasetStore]) -> None:
         self._enclave = enclave
+        self._datasets = datasets  # the training desk's store (loaded on first use)
 
     def embed(self, tenant: str, req: watermark_pb2.EmbedWatermarkRequest) -> Handled:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        from veil.enclave._enclave import Handled, model_info
-        from veil.enclave._onnx import validate_onnx
         from veil.privacy import load_dataset
         from veil.watermark import WatermarkKey, embed_onnx
 
@@ -38,7 +37,7 @@ class WatermarkDesk:
         if len(req.owner_private_key) != 32:
             raise InvalidInput("owner_private_key must be a 32-byte Ed25519 seed")
         owner = Ed25519PrivateKey.from_private_bytes(req.owner_private_key)
-        meta, data = enclave.training.datasets.get(tenant, req.dataset_sha256)
+        meta, data = self._datasets().get(tenant, req.dataset_sha256)
         try:
             key = WatermarkKey.from_json(req.watermark_key_json)
             dataset = load_dataset(data, meta.format, label_column=meta.label_column or None)
@@ -84,7 +83,6 @@ class WatermarkDesk:
         )
 
     def verify(self, tenant: str, req: watermark_pb2.VerifyWatermarkRequest) -> Handled:
-        from veil.enclave._enclave import Handled
         from veil.watermark import WatermarkClaim, WatermarkKey, verify
 
         enclave = self._enclave
@@ -105,7 +103,7 @@ class WatermarkDesk:
                 n_bits=verdict.n_bits,
                 threshold=verdict.threshold,
                 model_sha256=verdict.model_sha256,
-                claim_sha256=claim.digest(),
+                claim_sha256=verdict.claim_sha256,
             ),
             resource=record.ref,
             details={
