@@ -54,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     from veil.enclave._config import ensure_config
     from veil.enclave._enclave import Enclave
     from veil.enclave._files import write_atomic
+    from veil.enclave._lock import DataDirLock
     from veil.enclave.server import create_server
     from veil.enclave.tee._select import select_provider
     from veil.enclave.tee._simulated import SimulatedSnp
@@ -62,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     data_dir: Path = args.data_dir
+    lock = DataDirLock.acquire(data_dir)  # held until this process ends: one enclave per dir
     config, created_key = ensure_config(data_dir)
     if created_key is not None:
         print(f"created tenant 'default'; its API key is in {created_key} (mode 0600)", flush=True)
@@ -99,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
     while not stop.wait(0.5):
         pass
     drained = running.stop(grace=SHUTDOWN_GRACE_SECONDS)
+    lock.release()
     print("veil enclave stopped", flush=True)
     if not drained:
         # A call that ignored cancellation would keep the interpreter alive forever; the audit

@@ -16,6 +16,7 @@ client that pings too often is disconnected).
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import weakref
@@ -170,6 +171,8 @@ def server_options(limits: Limits, max_message_bytes: int) -> list[tuple[str, in
         ("grpc.keepalive_timeout_ms", min(keepalive_ms, 20_000)),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+        # A port another enclave holds is refused, not shared (grpc sets SO_REUSEPORT).
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -212,13 +215,16 @@ def create_server(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), guarded
     )
     address = f"{host}:{port}"
-    if enclave.config.tls is not None:
-        bound = server.add_secure_port(address, server_credentials(enclave.config.tls))
-    else:
-        bound = server.add_insecure_port(address)
+    try:
+        if enclave.config.tls is not None:
+            bound = server.add_secure_port(address, server_credentials(enclave.config.tls))
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises on a failed bind; older releases return 0
+        bound = 0
     if bound == 0:
         watchdog.close()
-        raise OSError(f"could not bind {address}")
+        raise OSError(errno.EADDRINUSE, f"could not bind {address} (in use?)")
     server.start()
     return RunningServer(
         server=server,
