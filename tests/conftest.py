@@ -1,4 +1,4 @@
-"""Shared fixtures. Conformance vectors are read from ../shared/vectors, never copied in."""
+"""Shared fixtures. Conformance vectors live in tests/vectors (provenance: SOURCES.md there)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ settings.register_profile("explore", max_examples=2000, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VECTORS_DIR = REPO_ROOT.parent / "shared" / "vectors"
+VECTORS_DIR = REPO_ROOT / "tests" / "vectors"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
-    """Root of the shared conformance vectors (real evidence nobody here wrote)."""
+    """Root of the conformance vectors (real evidence nobody here wrote)."""
     if not VECTORS_DIR.is_dir():
         raise RuntimeError(f"conformance vectors not found at {VECTORS_DIR}")
     return VECTORS_DIR

@@ -1,4 +1,4 @@
-"""C2SP signed notes and tlog checkpoints: the shared vectors (incl. sum.golang.org), and ours."""
+"""C2SP signed notes and tlog checkpoints: the vectors (incl. sum.golang.org), and ours."""
 
 from __future__ import annotations
 

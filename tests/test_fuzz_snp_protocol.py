@@ -19,9 +19,7 @@ from veil.v1 import common_pb2
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-REPORT = (
-    Path(__file__).resolve().parents[2] / "shared/vectors/sev-snp/routex-lua/report-genoa-v5.bin"
-)
+REPORT = Path(__file__).resolve().parent / "vectors/sev-snp/routex-lua/report-genoa-v5.bin"
 CHAIN = REPORT.with_name("vcek-chain-genoa-v5.pem")
 
 

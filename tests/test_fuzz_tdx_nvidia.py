@@ -18,7 +18,7 @@ from veil.sdk.attestation.tdx._collateral import QeIdentity, TcbInfo
 from veil.sdk.attestation.tdx._x509 import load_certificates, load_crl
 from veil.sdk.errors import VeilError
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "vectors"
 NOW = datetime(2026, 2, 5, tzinfo=UTC)
 FUZZ = settings(
     max_examples=300,

@@ -1,4 +1,4 @@
-"""The SEV-SNP verifier against real AMD evidence in ../shared/vectors/sev-snp (see its README)."""
+"""The SEV-SNP verifier against real AMD evidence in tests/vectors/sev-snp (see its README)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TDX quote parsing and collateral loading against real Intel DCAP quotes (shared vectors)."""
+"""TDX quote parsing and collateral loading against real Intel DCAP quotes (tests/vectors)."""
 
 from __future__ import annotations
 
