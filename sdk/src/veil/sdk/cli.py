@@ -244,9 +244,40 @@ def build_parser() -> argparse.ArgumentParser:
     infer.set_defaults(func=_cmd_infer)
 
     for entry in sorted(metadata.entry_points(group="veil.commands"), key=lambda e: e.name):
-        register: Callable[[Any], None] = entry.load()
+        try:
+            register: Callable[[Any], None] = entry.load()
+        except ImportError as exc:  # installed, but a dependency of it is not
+            _add_unavailable(sub, entry.name, f"it cannot load ({exc})")
+            continue
         register(sub)
+    for name, (distribution, help_text) in ELSEWHERE.items():
+        if name not in sub.choices:
+            _add_unavailable(
+                sub, name, f"it comes with {distribution}: pip install {distribution}", help_text
+            )
     return parser
+
+
+# Commands other distributions add; without them, `veil NAME` says what to install.
+ELSEWHERE = {
+    "serve": ("veil-ai-enclave", "run an enclave service"),
+    "measure": ("veil-ai-enclave", "print the expected measurement (hex)"),
+    "watermark": ("veil-ai-watermark", "embed and verify model watermarks"),
+}
+
+
+def _add_unavailable(sub: Any, name: str, why: str, help_text: str | None = None) -> None:
+    # Every argument is taken as given (no option parsing): the answer is the same for all.
+    parser = sub.add_parser(
+        name, help=f"(not installed) {help_text or ''}".rstrip(), add_help=False, prefix_chars="\0"
+    )
+    parser.add_argument("args", nargs="*")
+
+    def unavailable(_args: argparse.Namespace) -> int:
+        print(f"veil: `veil {name}` is not installed here: {why}", file=sys.stderr)
+        return EXIT_USAGE
+
+    parser.set_defaults(func=unavailable)
 
 
 def add_client_options_optional_target(parser: argparse.ArgumentParser) -> None:
