@@ -5,7 +5,8 @@ expected batch size, one run measures samples/s of
   * non-private SGD (same model, same batched tensor loader, shuffled fixed-size batches),
   * plain Opacus default: ``PrivacyEngine().make_private`` with hooks over a ``TensorDataset``
     ``DataLoader`` (Opacus' DPDataLoader, per-row fetch and collate),
-  * Veil: ``veil.privacy.train`` (Poisson sampling, secure CSPRNG-reseeded noise, auto grad-sample mode),
+  * Veil: ``veil.privacy.train`` (Poisson sampling, secure CSPRNG-reseeded noise, auto
+    grad-sample mode),
 and prints the ratios. All three run in this process with the same ``torch.set_num_threads``
 (``--threads``, checked after every run), on the same tensors, interleaved. Veil draws each
 step's secure noise one step ahead on a worker thread when the process may use two CPUs, so it
