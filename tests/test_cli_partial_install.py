@@ -67,3 +67,9 @@ def test_client_commands_still_work_without_the_server() -> None:
     assert out.returncode == 0
     assert "(not installed) run an enclave service" in out.stdout
     assert "attest" in out.stdout
+
+
+def test_version_names_the_sdk_distribution() -> None:
+    out = _veil("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == "veil 0.1.0"

@@ -290,7 +290,7 @@ def add_client_options_optional_target(parser: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     try:
-        return f"veil {metadata.version('veil')}"
+        return f"veil {metadata.version('veil-ai-sdk')}"
     except metadata.PackageNotFoundError:
         return "veil (not installed)"
 
