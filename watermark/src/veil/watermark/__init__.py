@@ -3,8 +3,8 @@ exact binomial p-value, plus a keyed trigger set for black-box checks.
 
 Verification (``verify``, ``verify_trigger``, claims, reports) needs only onnx and numpy;
 embedding (``embed_onnx``, ``WatermarkRegularizer``) needs torch. Every name is imported on first
-use, so ``import watermark`` (and the ``veil`` CLI that registers ``veil.watermark.cli``) costs
-nothing and works even where onnx or torch is not installed.
+use, so ``import veil.watermark`` (and the ``veil`` CLI that registers ``veil.watermark.cli``)
+costs nothing and works even where onnx or torch is not installed.
 """
 
 from __future__ import annotations
