@@ -1,4 +1,5 @@
-"""Free-space checks (``veil.enclave._disk``): headroom is respected, full-disk errors are recognised."""
+"""Free-space checks (``veil.enclave._disk``): headroom is respected, full-disk errors are
+recognised."""
 
 from __future__ import annotations
 
