@@ -1,8 +1,9 @@
 """Helpers for the reliability suite (``make soak``): real ``veil serve`` processes on loopback.
 
-Every server here is a child process, ``python -m veil.sdk.cli serve --tee simulated --port 0``, so a
-test can SIGTERM it, SIGKILL it and read its memory from ``/proc``. Every wait is bounded and
-every child is killed when its ``with`` block ends, whatever happened inside.
+Every server here is a child process,
+``python -m veil.sdk.cli serve --tee simulated --port 0``, so a test can SIGTERM it, SIGKILL it
+and read its memory from ``/proc``. Every wait is bounded and every child is killed when its
+``with`` block ends, whatever happened inside.
 
 Figures a check measured go to :func:`record`; the suite's ``conftest.py`` prints them all at the
 end of the run (and writes them as JSON to ``$SOAK_FIGURES`` when that is set).
