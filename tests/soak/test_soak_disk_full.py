@@ -41,7 +41,7 @@ from soak.soak_support import (
 )
 from veil.sdk import Client, RemoteError
 
-pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
+pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::veil.sdk.InsecureModeWarning")]
 
 TMPFS_BYTES = 64 * MiB
 HEADROOM = 8 * MiB  # limits.audit_headroom_bytes

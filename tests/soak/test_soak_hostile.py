@@ -34,7 +34,7 @@ from soak.soak_support import (
 )
 from veil.sdk import RemoteError
 
-pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
+pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::veil.sdk.InsecureModeWarning")]
 
 # The corpus's own test uses the same inference limits. The timeout must stay well under the
 # time a Loop at the trip-count bound takes (about 3 s for 10^6 trips on the 2-core machine),

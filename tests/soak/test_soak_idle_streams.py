@@ -19,7 +19,7 @@ import pytest
 from soak.soak_support import VeilServer, make_data_dir
 from veil.v1 import models_pb2, models_pb2_grpc
 
-pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
+pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::veil.sdk.InsecureModeWarning")]
 
 STREAMS = 64
 IDLE_SECONDS = 10.0  # the server's stream_idle_seconds for this check

@@ -26,7 +26,7 @@ from soak.soak_support import (
     make_data_dir,
 )
 
-pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
+pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::veil.sdk.InsecureModeWarning")]
 
 CLIENTS = 32
 SECONDS = 60.0

@@ -42,7 +42,7 @@ from soak.soak_support import (
 from veil.sdk import RemoteError, TrainingOutcome, TrainingProgress
 from veil.sdk.audit import Receipt
 
-pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::sdk.InsecureModeWarning")]
+pytestmark = [pytest.mark.soak, pytest.mark.filterwarnings("ignore::veil.sdk.InsecureModeWarning")]
 
 X = {"x": np.zeros((2, 4), np.float32)}
 UPLOAD_MIB = 48
