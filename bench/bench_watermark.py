@@ -5,12 +5,17 @@ accuracy cost of embedding; detection after global magnitude pruning, int8 dynam
 Gaussian weight noise costing ~2 accuracy points, fine-tuning on fresh data, and overwriting with
 an attacker's own mark; where each attack starts to erase the mark; false positives on
 independently trained unmarked models, with a KS test of their p-values against uniform.
+Also: black-box evidence after distillation (the trigger-set p-value of a student trained on the
+marked model's soft outputs, against student epochs, with and without uniform-noise queries),
+and the accuracy the embedding costs on a family of externally shaped MLPs (widths, depths,
+activations, optimizers and seeds Veil's reference models do not use).
 Prints a table, writes bench-results/watermark.json and bench-results/watermark.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -25,7 +30,7 @@ import numpy as np
 import onnx
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +107,213 @@ def fine_tune(model: bytes, x: np.ndarray, y: np.ndarray, epochs: int, lr: float
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
     return write_back(proto, module).SerializeToString()
+
+
+DISTILL_EPOCHS = (1, 2, 5, 10, 20, 40)
+
+
+def distill(
+    marked: bytes, claim: Any, key: WatermarkKey, make: Any, data: Any, noise_queries: bool
+) -> list[dict[str, Any]]:
+    """A student trained on the marked model's soft outputs over the thief's queries."""
+    queries = data.x_fresh
+    if noise_queries:  # a common data-free augmentation: uniform inputs in the data's range
+        rng = np.random.default_rng(31)
+        noise = rng.uniform(0.0, 1.0, size=(len(queries) * 2, *queries.shape[1:]))
+        queries = np.concatenate([queries, noise.astype(np.float32)])
+    logits = onnx_predictor(marked)(queries).astype(np.float32)
+    soft = torch.softmax(torch.from_numpy(logits), dim=1)
+    tx = torch.from_numpy(queries)
+    torch.manual_seed(17)
+    student = make()
+    opt = torch.optim.Adam(student.parameters(), lr=LR)
+    gen = torch.Generator().manual_seed(17)
+    rows = []
+    for epoch in range(1, max(DISTILL_EPOCHS) + 1):
+        student.train()
+        order = torch.randperm(len(tx), generator=gen)
+        for s in range(0, len(tx), 64):
+            idx = order[s : s + 64]
+            log_p = torch.log_softmax(student(tx[idx]), dim=1)
+            loss = torch.nn.functional.kl_div(log_p, soft[idx], reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        if epoch in DISTILL_EPOCHS:
+            student.eval()
+            model = to_onnx(student)
+            t = verify_trigger(onnx_predictor(model), claim, key)
+            v = verify(model, claim, key)
+            rows.append({
+                "epochs": epoch,
+                "noise_queries": noise_queries,
+                "accuracy": acc(model, data.x_test, data.y_test),
+                "trigger_matches": t.matches,
+                "trigger_p_value": t.p_value,
+                "trigger_detected": t.detected,
+                "white_box_p_value": v.p_value,
+                "white_box_detected": v.detected,
+            })  # fmt: skip
+    return rows
+
+
+FAMILY = (  # (hidden widths, activation, optimizer, seed)
+    ((96, 48), "Relu", "sgd", 3),
+    ((200,), "Relu", "adamw", 4),
+    ((128, 128, 64), "Relu", "rmsprop", 5),
+    ((80, 40), "Tanh", "sgd", 6),
+    ((256,), "Relu", "sgd", 7),
+    ((64, 64), "Tanh", "adamw", 8),
+    ((160, 80, 40), "Relu", "adamw", 9),
+    ((48,), "Tanh", "rmsprop", 10),
+)
+
+
+def external_mlp(widths: tuple[int, ...], act: str, opt_name: str, seed: int, data: Any) -> bytes:
+    """An MLP trained the way a user elsewhere might, exported as a Gemm chain."""
+    torch.manual_seed(seed)
+    dims = [64, *widths, 10]
+    layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(dims)]
+    fn = torch.relu if act == "Relu" else torch.tanh
+    params = [p for layer in layers for p in layer.parameters()]
+    opt: torch.optim.Optimizer
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    elif opt_name == "adamw":
+        opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-2)
+    else:
+        opt = torch.optim.RMSprop(params, lr=1e-3)
+    tx, ty = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(40):
+        order = torch.randperm(len(tx), generator=gen)
+        for s in range(0, len(tx), 32):
+            idx = order[s : s + 32]
+            h = tx[idx]
+            for layer in layers[:-1]:
+                h = fn(layer(h))
+            loss = torch.nn.functional.cross_entropy(layers[-1](h), ty[idx])
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    nodes, inits, cur = [], [], "x"
+    for i, layer in enumerate(layers):
+        inits += [numpy_helper.from_array(layer.weight.detach().numpy(), f"w{i}"),
+                  numpy_helper.from_array(layer.bias.detach().numpy(), f"b{i}")]  # fmt: skip
+        out = "logits" if i == len(layers) - 1 else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [cur, f"w{i}", f"b{i}"], [out], transB=1))
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node(act, [out], [f"h{i}"]))
+            cur = f"h{i}"
+    graph = helper.make_graph(
+        nodes, "external", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def run_family() -> dict[str, Any]:
+    data = load_digits(seed=0)
+    rng = np.random.default_rng(41)
+    owner = Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
+    key = WatermarkKey.generate(rng.bytes)
+    rows: list[dict[str, Any]] = []
+    drops: list[float] = []
+    for widths, act, opt_name, seed in FAMILY:
+        base = external_mlp(widths, act, opt_name, seed, data)
+        t = time.perf_counter()
+        # the held-out rows are ones the model never saw (the "fresh" split)
+        result = embed_onnx(base, owner_key=owner, key=key, x=data.x_train, y=data.y_train,
+                            now=NOW, holdout_data=(data.x_fresh, data.y_fresh))  # fmt: skip
+        before, after = acc(base, data.x_test, data.y_test), acc(result.model, data.x_test,
+                                                                  data.y_test)  # fmt: skip
+        report = result.claim.embedding
+        drops.append(100 * (before - after))
+        rows.append({
+            "model": f"{'-'.join(map(str, widths))} {act.lower()} {opt_name} seed {seed}",
+            "base_accuracy": before,
+            "marked_accuracy": after,
+            "drop_pp": 100 * (before - after),
+            "claim_holdout_drop_pp": None if report is None else report.drop_points,
+            "detected": result.verdict.detected,
+            "embed_seconds": time.perf_counter() - t,
+        })  # fmt: skip
+    return {"rows": rows, "max_drop_pp": max(drops), "median_drop_pp": float(np.median(drops)),
+            "test_rows": len(data.y_test)}  # fmt: skip
+
+
+def _unit_rewrite(model: bytes, seed: int, kind: str) -> bytes:
+    """Rewrite the first Gemm's output units (and the next Gemm's inputs) without changing
+    the function: "permute", "rescale" (positive, across ReLU) or "all" (permute + rescale +
+    weight stored untransposed)."""
+    proto = onnx.load_from_string(model)
+    rng = np.random.default_rng(seed)
+    first, second = [n for n in proto.graph.node if n.op_type == "Gemm"][:2]
+    inits = {i.name: i for i in proto.graph.initializer}
+
+    def get(name: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[name]).astype(np.float64)
+
+    def put(name: str, value: np.ndarray) -> None:
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    w1, b1, w2 = get(first.input[1]), get(first.input[2]), get(second.input[1])
+    if kind in ("permute", "all"):
+        p = rng.permutation(len(b1))
+        w1, b1, w2 = w1[p], b1[p], w2[:, p]
+    if kind in ("rescale", "all"):
+        d = np.exp(rng.uniform(-1.5, 1.5, len(b1)))
+        w1, b1, w2 = w1 * d[:, None], b1 * d, w2 / d[None, :]
+    put(first.input[2], b1)
+    put(second.input[1], w2)
+    if kind == "all":
+        put(first.input[1], w1.T)
+        for attr in first.attribute:
+            if attr.name == "transB":
+                attr.i = 0
+    else:
+        put(first.input[1], w1)
+    return proto.SerializeToString()
+
+
+def run_rewrites(n_null: int, null_epochs: int) -> dict[str, Any]:
+    """The MLP marked with the ``unit_gram`` reduction, against output-unit rewrites."""
+    data = load_digits(seed=0)
+    torch.manual_seed(0)
+    base = to_onnx(train(SmallMLP(), data.x_train, data.y_train, epochs=BASE_EPOCHS, lr=LR))
+    rng = np.random.default_rng(5)
+    owner = Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
+    key = WatermarkKey.generate(rng.bytes)
+    result = embed_onnx(base, owner_key=owner, key=key, x=data.x_train, y=data.y_train, now=NOW,
+                        reduce="unit_gram", strength=5.0)  # fmt: skip
+    marked, claim = result.model, result.claim
+    rows = []
+    for kind in ("permute", "rescale", "all"):
+        rewritten = _unit_rewrite(marked, 3, kind)
+        same = np.allclose(onnx_predictor(rewritten)(data.x_test),
+                           onnx_predictor(marked)(data.x_test), atol=1e-3)  # fmt: skip
+        for label, model in ((kind, rewritten), (f"{kind} + int8", quantise(rewritten))):
+            v = verify(model, claim, key)
+            rows.append({"rewrite": label, "function_preserved": bool(same),
+                         "matches": v.matches, "p_value": v.p_value,
+                         "detected": v.detected})  # fmt: skip
+    null_p: list[float] = []
+    for seed in range(1, n_null + 1):
+        torch.manual_seed(seed)
+        model = to_onnx(train(SmallMLP(), data.x_train, data.y_train, epochs=null_epochs,
+                              lr=LR, seed=seed))  # fmt: skip
+        null_p.append(verify(model, claim, key).p_value)
+        null_p.append(verify(_unit_rewrite(model, seed, "all"), claim, key).p_value)
+    return {
+        "base_accuracy": acc(base, data.x_test, data.y_test),
+        "marked_accuracy": acc(marked, data.x_test, data.y_test),
+        "matches": result.verdict.matches,
+        "rows": rows,
+        "null_checks": len(null_p),
+        "null_detections": int(sum(p < 1e-9 for p in null_p)),
+        "null_min_p": float(min(null_p)),
+    }
 
 
 def log10p(p: float) -> float:
@@ -200,6 +412,11 @@ def run_arch(name: str, image: bool, n_null: int, null_epochs: int) -> dict[str,
             None if result.trigger_verdict is None else result.trigger_verdict.matches
         ),
         "embed_seconds": embed_s,
+        "claim_holdout_drop_pp": (None if claim.embedding is None else claim.embedding.drop_points),
+        "distillation": [
+            *distill(marked, claim, key, make, data, noise_queries=False),
+            *distill(marked, claim, key, make, data, noise_queries=True),
+        ],
         "rows": rows,
         "prune": prune,
         "noise_sigma_2pt": noise_sigma,
@@ -277,6 +494,7 @@ def main() -> int:
     parser.add_argument("--null-models", type=int, default=200)
     parser.add_argument("--null-epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--skip-family", action="store_true", help="skip the external MLPs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +528,46 @@ def main() -> int:
         print(f"breaks at: pruning {first_failure(res['prune'])}; fine-tuning "
               f"{first_failure(res['fine_tune'])}; 10-100x lr fine-tuning "
               f"{first_failure(res['fine_tune_10x'])}")  # fmt: skip
-    (args.out / "watermark.json").write_text(json.dumps(results, indent=2))
+        print("distillation (student on the marked model's soft outputs; queries: the thief's "
+              "digits, or digits + 2x uniform noise):")  # fmt: skip
+        print(f"  {'queries':<8} {'epochs':>6} {'acc %':>7} {'trigger':>8} {'trigger p':>10}  "
+              f"white-box p")  # fmt: skip
+        for row in res["distillation"]:
+            print(f"  {'+noise' if row['noise_queries'] else 'digits':<8} {row['epochs']:>6} "
+                  f"{100 * row['accuracy']:>7.2f} {row['trigger_matches']:>5}/32 "
+                  f"{row['trigger_p_value']:>10.2e}  {row['white_box_p_value']:.2e}")  # fmt: skip
+    rewrites = run_rewrites(args.null_models, args.null_epochs)
+    print(
+        f"\n== MLP marked with unit_gram: {rewrites['matches']}/128 bits; test accuracy "
+        f"{100 * rewrites['base_accuracy']:.2f}% -> {100 * rewrites['marked_accuracy']:.2f}%"
+    )
+    for row in rewrites["rows"]:
+        print(f"{row['rewrite']:<20} function kept {'yes' if row['function_preserved'] else 'NO'}"
+              f"  {row['matches']:>3}/128  p {row['p_value']:.2e}  "
+              f"{'detected' if row['detected'] else 'NOT detected'}")  # fmt: skip
+    print(
+        f"unmarked models, plain and rewritten: {rewrites['null_detections']}/"
+        f"{rewrites['null_checks']} detected, min p {rewrites['null_min_p']:.3g}"
+    )
+    family = None if args.skip_family else run_family()
+    if family is not None:
+        print(
+            f"\n== externally shaped MLPs ({len(family['rows'])}; test set "
+            f"{family['test_rows']} rows, 1 row = {100 / family['test_rows']:.2f} pp)"
+        )
+        for row in family["rows"]:
+            print(f"{row['model']:<36} {100 * row['base_accuracy']:6.2f}% -> "
+                  f"{100 * row['marked_accuracy']:6.2f}% (drop {row['drop_pp']:+.2f} pp; "
+                  f"claim's held-out drop {row['claim_holdout_drop_pp']:+.2f} pp) "
+                  f"{'detected' if row['detected'] else 'NOT detected'}")  # fmt: skip
+        print(f"test-accuracy drop: max {family['max_drop_pp']:+.2f} pp, median "
+              f"{family['median_drop_pp']:+.2f} pp")  # fmt: skip
+    (args.out / "watermark.json").write_text(
+        json.dumps(
+            {"models": results, "unit_gram_rewrites": rewrites, "external_family": family},
+            indent=2,
+        )
+    )
     png = args.out / "watermark.png"
     print(f"\nwrote {args.out / 'watermark.json'}" + (f" and {png}" if plot(results, png) else
           " (matplotlib missing: no plot)"))  # fmt: skip

@@ -116,7 +116,6 @@ def test_unary_export_is_refused_precisely_when_too_large(big: Served) -> None:
     with big.client() as client, pytest.raises(RemoteError) as err:
         client._unary(
             Method.AUDIT_EXPORT,
-            client._audit.ExportAudit,
             audit_pb2.ExportRequest(),
             audit_pb2.ExportResponse(),
         )

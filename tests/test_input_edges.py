@@ -49,7 +49,7 @@ def edge_server(tmp_path_factory: pytest.TempPathFactory, tee_template: Path) ->
 
 def _infer_raw(client: Client, request: inference_pb2.InferRequest) -> None:
     client._unary(  # the SDK's own sealing, fed a request its encoder would never build
-        Method.INFER, client._inference.Infer, request, inference_pb2.InferResponse()
+        Method.INFER, request, inference_pb2.InferResponse()
     )
 
 

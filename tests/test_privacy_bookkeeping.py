@@ -14,12 +14,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from veil.privacy import (
+    ENTROPY_BYTES,
     Dataset,
     ModelSpec,
     NoiseMode,
     TrainingConfig,
     build_model,
     choose_grad_sample_mode,
+    rekey_generator,
     train,
 )
 from veil.privacy._bookkeeping import MATERIALISE_BYTES, BookKeepingClipper, supports_bookkeeping
@@ -210,7 +212,7 @@ def test_fused_optimizer_adds_noise_once_and_scales_like_opacus(prefetch: bool) 
             clipped = [p.grad.clone() for p in params if p.grad is not None]
             opt.step()
             gen = torch.Generator()
-            gen.manual_seed(seed)
+            rekey_generator(gen, seed.to_bytes(ENTROPY_BYTES, "little"))
             flat = secure_flat_noise(1.3 * 0.7, sum(sizes), gen)
             for p, c, n in zip(params, clipped, torch.split(flat, sizes), strict=True):
                 assert p.grad is not None
@@ -285,7 +287,7 @@ def test_noise_stream_prefetches_exactly_the_planned_draws_then_draws_on_demand(
         stream.close()
     for seed, noise in zip((3, 4, 5, 6), [*draws, extra], strict=True):
         gen = torch.Generator()
-        gen.manual_seed(seed)
+        rekey_generator(gen, seed.to_bytes(ENTROPY_BYTES, "little"))
         flat = secure_flat_noise(0.5, 10, gen)
         assert [n.shape for n in noise] == shapes
         torch.testing.assert_close(torch.cat([n.flatten() for n in noise]), flat)

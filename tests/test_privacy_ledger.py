@@ -62,6 +62,7 @@ def test_charge_over_delta_budget_raises(tmp_path: Path) -> None:
     with pytest.raises(PrivacyBudgetExceeded, match="needs delta") as info:
         ledger.charge("t", DIGEST, plan(1.0, delta=6e-6), job_id="j2")
     assert info.value.remaining_epsilon == pytest.approx(9.0)
+    assert info.value.remaining_delta == pytest.approx(4e-6)
 
 
 def test_default_budget_is_epsilon_10_delta_1e5(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from enclave_support import TENANT_KEYS, Served
 from sklearn.datasets import load_digits
 
-from veil.sdk import AuditLogError, RemoteError
+from veil.sdk import AuditLogError, PrivacyBudgetExceeded, RemoteError, RemoteReason
 from veil.sdk._training import TrainingOutcome, TrainingProgress, verify_training_record
 from veil.sdk.audit import AuditRecord, EventType
 
@@ -77,6 +77,9 @@ def test_train_streams_progress_registers_model_and_certifies(
     assert record["epsilon"] <= 2.0 + 1e-9
     assert record["model_sha256"] == outcome.model.sha256
     assert record["code_measurement"] == served.enclave.measurement.hex()
+    # the dataset's feature range and the device are certified too (issue 14)
+    assert (record["feature_min"], record["feature_max"]) == (-1e9, 1e9)
+    assert record["device"] in ("cpu", "cuda")
     with served.client() as client:
         out = client.infer(outcome.model.ref, {"input": np.zeros((2, 64), np.float32)})
         assert out["logits"].shape == (2, 10)
@@ -114,12 +117,16 @@ def test_job_over_budget_is_refused_before_training(served: Served, digits_npz: 
     with served.client() as client:
         dataset = client.upload_dataset(digits_npz, format="npz")
         before = client.budget(dataset)
-        with pytest.raises(RemoteError) as err:
+        with pytest.raises(PrivacyBudgetExceeded) as err:
             client.train(dataset, "logreg", target_epsilon=5.0, epochs=1, name="second").result()
         after = client.budget(dataset)
         assert [m.ref for m in client.list_models()] == ["digits@1"]
-    assert err.value.code == "RESOURCE_EXHAUSTED"
-    assert "remaining" in err.value.detail or "left" in err.value.detail
+    cause = err.value.__cause__
+    assert isinstance(cause, RemoteError) and cause.code == "RESOURCE_EXHAUSTED"
+    assert cause.reason is RemoteReason.BUDGET_EXHAUSTED
+    assert "left" in str(err.value)
+    assert err.value.remaining_epsilon == pytest.approx(before.epsilon_remaining)
+    assert err.value.remaining_delta == pytest.approx(before.delta_remaining)
     assert after == before
 
 

@@ -100,6 +100,7 @@ def test_v5_sample_verifies_end_to_end(vectors: Path, tinfoil: TdxCollateral) ->
     assert v.rtmrs == q.body.rtmrs and v.verified_at == T_2026
     assert v.collateral_expires == datetime(2026, 2, 11, 15, 46, 45, tzinfo=UTC)
     assert not v.debug
+    assert not v.insecure_root  # Intel's root
 
 
 def test_policy_allowlists_accept_matching_values(vectors: Path, tinfoil: TdxCollateral) -> None:
@@ -526,7 +527,9 @@ def _forge(
 def test_forged_hierarchy_verifies_and_warns(vectors: Path) -> None:
     quote, coll, pol = _forge(vectors, debug=False, revoke_leaf=False)
     with pytest.warns(InsecureModeWarning):
-        assert verify_tdx_quote(quote, coll, pol, now=T_2026).tcb_status is TcbStatus.UP_TO_DATE
+        verified = verify_tdx_quote(quote, coll, pol, now=T_2026)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    assert verified.insecure_root  # a test root: AttestedEnclave.insecure_root says so for TDX too
 
 
 def test_revoked_pck(vectors: Path) -> None:

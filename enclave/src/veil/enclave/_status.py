@@ -40,6 +40,7 @@ from veil.sdk.errors import (
     DecryptionError,
     PrivacyBudgetExceeded,
     ProtocolError,
+    RemoteReason,
     WatermarkError,
 )
 from veil.sdk.sealing import SEALED_ERROR_KEY, bounded_message, clear_message, seal_error
@@ -83,41 +84,41 @@ class SealedFailure(Exception):
 
 
 # Most specific first: the first matching class wins.
-_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
-    (AuthError, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
-    (NotFound, grpc.StatusCode.NOT_FOUND, "not-found"),
-    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, "too-large"),
-    (TimedOut, grpc.StatusCode.DEADLINE_EXCEEDED, "timeout"),
-    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, "memory-limit"),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded"),
-    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED, "storage-full"),
-    (PrivacyBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, "budget-exhausted"),
-    (UnknownKeyError, grpc.StatusCode.FAILED_PRECONDITION, "key-rotated"),
-    (StaleRequestError, grpc.StatusCode.FAILED_PRECONDITION, "stale-request"),
-    (ReplayError, grpc.StatusCode.ALREADY_EXISTS, "replay"),
-    (DecryptionError, grpc.StatusCode.INVALID_ARGUMENT, "undecryptable"),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, "invalid-input"),
-    (WatermarkError, grpc.StatusCode.INVALID_ARGUMENT, "invalid-input"),
-    (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, "malformed"),
-    (AttestationError, grpc.StatusCode.FAILED_PRECONDITION, "attestation"),
-    (AuditLogError, grpc.StatusCode.UNAVAILABLE, "audit-unavailable"),
+_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, RemoteReason], ...] = (
+    (AuthError, grpc.StatusCode.UNAUTHENTICATED, RemoteReason.UNAUTHENTICATED),
+    (NotFound, grpc.StatusCode.NOT_FOUND, RemoteReason.NOT_FOUND),
+    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, RemoteReason.TOO_LARGE),
+    (TimedOut, grpc.StatusCode.DEADLINE_EXCEEDED, RemoteReason.TIMEOUT),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, RemoteReason.MEMORY_LIMIT),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED, RemoteReason.OVERLOADED),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED, RemoteReason.STORAGE_FULL),
+    (PrivacyBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, RemoteReason.BUDGET_EXHAUSTED),
+    (UnknownKeyError, grpc.StatusCode.FAILED_PRECONDITION, RemoteReason.KEY_ROTATED),
+    (StaleRequestError, grpc.StatusCode.FAILED_PRECONDITION, RemoteReason.STALE_REQUEST),
+    (ReplayError, grpc.StatusCode.ALREADY_EXISTS, RemoteReason.REPLAY),
+    (DecryptionError, grpc.StatusCode.INVALID_ARGUMENT, RemoteReason.UNDECRYPTABLE),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, RemoteReason.INVALID_INPUT),
+    (WatermarkError, grpc.StatusCode.INVALID_ARGUMENT, RemoteReason.INVALID_INPUT),
+    (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT, RemoteReason.MALFORMED),
+    (AttestationError, grpc.StatusCode.FAILED_PRECONDITION, RemoteReason.ATTESTATION),
+    (AuditLogError, grpc.StatusCode.UNAVAILABLE, RemoteReason.AUDIT_UNAVAILABLE),
 )
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, RemoteReason, str]:
     """(status code, reason, message) for an exception; unknown ones are INTERNAL, no detail."""
     for cls, code, reason in _TABLE:
         if isinstance(exc, cls):
             return code, reason, str(exc)
     incident = secrets.token_hex(4)
-    return grpc.StatusCode.INTERNAL, "internal", f"internal error (incident {incident})"
+    return grpc.StatusCode.INTERNAL, RemoteReason.INTERNAL, f"internal error (incident {incident})"
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     """Abort the call with ``exc``'s status; a :class:`SealedFailure` sends its detail sealed."""
     cause = exc.cause if isinstance(exc, SealedFailure) else exc
     code, reason, message = status_for(cause)
-    trailers: list[tuple[str, str | bytes]] = [(REASON_KEY, reason)]
+    trailers: list[tuple[str, str | bytes]] = [(REASON_KEY, reason.value)]
     if code is grpc.StatusCode.INTERNAL:
         clear = message  # the incident id only
         # Type and incident only: messages of unexpected errors may quote request data.

@@ -12,31 +12,38 @@ Typical enclave-side use::
 """
 
 from ._accounting import AccountantKind, compute_epsilon, find_noise_multiplier
-from ._datasets import Dataset, DatasetFormat, DatasetLimits, load_dataset
+from ._datasets import DEFAULT_FEATURE_RANGE, Dataset, DatasetFormat, DatasetLimits, load_dataset
 from ._export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from ._jobs import train_with_budget
 from ._ledger import BudgetConfig, BudgetLedger, BudgetStatus, Charge
 from ._models import ModelSpec, build_model, make_private_compatible
-from ._noise import NoiseMode, NoiseSource
+from ._noise import ENTROPY_BYTES, NoiseMode, NoiseSource, rekey_generator
 from ._record import TrainingRecord
 from ._training import (
     GRAD_SAMPLE_MODES,
+    AuditedStep,
     ProgressEvent,
     TrainingAborted,
     TrainingConfig,
     TrainingPlan,
     TrainingResult,
+    audit_step,
     choose_grad_sample_mode,
+    default_device,
     evaluate_accuracy,
     plan_training,
+    poisson_schedule,
     train,
 )
 
 __all__ = [
+    "DEFAULT_FEATURE_RANGE",
+    "ENTROPY_BYTES",
     "GRAD_SAMPLE_MODES",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "AccountantKind",
+    "AuditedStep",
     "BudgetConfig",
     "BudgetLedger",
     "BudgetStatus",
@@ -53,15 +60,19 @@ __all__ = [
     "TrainingPlan",
     "TrainingRecord",
     "TrainingResult",
+    "audit_step",
     "build_model",
     "choose_grad_sample_mode",
     "compute_epsilon",
+    "default_device",
     "evaluate_accuracy",
     "export_onnx",
     "find_noise_multiplier",
     "load_dataset",
     "make_private_compatible",
     "plan_training",
+    "poisson_schedule",
+    "rekey_generator",
     "train",
     "train_with_budget",
 ]

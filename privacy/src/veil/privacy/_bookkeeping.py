@@ -22,10 +22,16 @@ clipped gradient sum then cost a few matmuls per layer. Opacus' ghost clipping c
 sum with a second backward pass; this "book-keeping" variant (Bu et al., 2023) skips it. The
 clipped sum is handed to a ``DPOptimizerFastGradientClipping``, which adds the noise, scales and
 steps the accountant.
+
+Every per-sample quantity that enters the sum is finite: a sample whose loss or squared norm is
+not (a row whose activations overflow float32, e.g. ``|a|^2 = inf`` with ``g = 0`` gives
+``0 * inf = NaN``) is left out and the step recomputed without it, so its contribution is exactly
+zero and the sensitivity stays at most ``max_grad_norm``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import cast
 
@@ -140,16 +146,28 @@ class BookKeepingClipper:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Set each parameter's ``grad`` to the sum over the batch of clipped per-sample
-        gradients and return the mean loss (detached; NaN for an empty batch)."""
-        if x.shape[0] == 0:
-            for layer_ in self._layers:
-                for p in layer_.parameters():
-                    p.grad = torch.zeros_like(p)
-            return torch.tensor(float("nan"))
-        with torch.no_grad():
-            return self._clipped_sum(x, y)
+        gradients and return the mean loss (detached; NaN for an empty batch).
 
-    def _clipped_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        A sample whose loss or gradient norm is not finite (a row whose activations overflow
+        float32) contributes exactly zero: the step is recomputed without it, so nothing
+        non-finite reaches the sum and every contribution stays within ``max_grad_norm``.
+        """
+        with torch.no_grad():
+            while x.shape[0]:
+                loss, finite = self._clipped_sum(x, y)
+                if finite is None:
+                    return loss
+                x, y = x[finite], y[finite]
+        for layer_ in self._layers:
+            for p in layer_.parameters():
+                p.grad = torch.zeros_like(p)
+        return torch.tensor(float("nan"), device=x.device)
+
+    def _clipped_sum(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clipped sum into ``p.grad`` and the mean loss, or (when some sample's loss or
+        norm is not finite) nothing written and the mask of the finite samples."""
         # Forward without autograd, keeping what each layer's backward needs.
         tape: list[_Taped] = []
         h = x
@@ -163,7 +181,7 @@ class BookKeepingClipper:
         labels = y[:, None]
         losses = logp.gather(1, labels).neg_()
         # Gradient of the summed loss at the logits: softmax minus one-hot, one row per sample.
-        minus_one = torch.full(labels.shape, -1.0, dtype=logp.dtype)
+        minus_one = torch.full(labels.shape, -1.0, dtype=logp.dtype, device=logp.device)
         g = logp.exp().scatter_add_(1, labels, minus_one)
         # Backward by hand to every parametric layer's output (no input gradient for the
         # first one): the same ATen backward kernels autograd would run, without its graph.
@@ -179,7 +197,7 @@ class BookKeepingClipper:
         grads.reverse()
         inputs.reverse()
         batch = x.shape[0]
-        sq_norms = torch.zeros(batch, dtype=h.dtype)
+        sq_norms = torch.zeros(batch, dtype=h.dtype, device=h.device)
         # Per layer: (output grads, input activations, per-sample bias grads, per-sample weight
         # grads if materialised).
         parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
@@ -204,6 +222,11 @@ class BookKeepingClipper:
                 uut = torch.bmm(patches, patches.transpose(1, 2))
                 sq_norms += (ggt * uut).sum(dim=(1, 2))
                 parts.append((g, a, bias, None))
+        # Norms and losses are >= 0: a finite total means every one is finite (one check).
+        if not math.isfinite(float(sq_norms.sum() + losses.sum())):
+            finite = torch.isfinite(sq_norms) & torch.isfinite(losses[:, 0])
+            if not bool(finite.all()):
+                return losses.mean(), finite
         factor = (self._max_grad_norm / (sq_norms.sqrt_().add_(1e-6))).clamp_(max=1.0)
         column = factor[:, None]
         for layer, (g, a, bias_grads, materialised) in zip(self._layers, parts, strict=True):
@@ -226,7 +249,7 @@ class BookKeepingClipper:
                 weight = _conv_backward(layer, scaled, a, weight=True)
             layer.weight.grad = weight.contiguous()
             layer.bias.grad = bias
-        return losses.mean()
+        return losses.mean(), None
 
 
 class _Taped:

@@ -19,7 +19,13 @@ import numpy.typing as npt
 
 from veil.sdk.errors import ConfigError
 
-__all__ = ["Dataset", "DatasetFormat", "DatasetLimits", "load_dataset"]
+__all__ = ["DEFAULT_FEATURE_RANGE", "Dataset", "DatasetFormat", "DatasetLimits", "load_dataset"]
+
+DEFAULT_FEATURE_RANGE = (-1e9, 1e9)
+"""The feature range a dataset gets when it declares none. Every squared activation norm the
+clipper forms then stays far below float32's maximum (1e6 features of 1e9: 1e24 < 3.4e38)."""
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DatasetFormat(enum.Enum):
@@ -46,7 +52,9 @@ class Dataset:
     """A validated labelled dataset: ``features`` float32 ``(n, *feature_shape)``, ``labels`` int64.
 
     ``sha256`` is the hex digest of the uploaded bytes; it names the dataset in budget ledgers and
-    training records.
+    training records. ``feature_range`` ``(low, high)`` is the declared range every feature lies
+    in (checked at load; :data:`DEFAULT_FEATURE_RANGE` unless declared). It is public: it goes
+    into the signed training record, so declare it from the data's schema, never from the data.
     """
 
     features: npt.NDArray[np.float32]
@@ -54,6 +62,7 @@ class Dataset:
     num_classes: int
     sha256: str
     format: DatasetFormat
+    feature_range: tuple[float, float] = DEFAULT_FEATURE_RANGE
 
     @property
     def num_rows(self) -> int:
@@ -72,9 +81,12 @@ class Dataset:
         sha256: str,
         fmt: DatasetFormat = DatasetFormat.NPZ,
         limits: DatasetLimits | None = None,
+        feature_range: tuple[float, float] | None = None,
     ) -> Dataset:
-        """Validate in-memory arrays (shapes, dtypes, finiteness, labels 0..k-1, limits)."""
+        """Validate in-memory arrays (shapes, dtypes, finiteness, the feature range, labels
+        0..k-1, limits)."""
         lim = limits or DatasetLimits()
+        low_x, high_x = _check_range(feature_range)
         xa = np.asarray(x)
         ya = np.asarray(y)
         if xa.dtype.kind not in "biuf":
@@ -103,6 +115,15 @@ class Dataset:
         if not np.isfinite(xf).all():
             bad = int(np.argwhere(~np.isfinite(xf).reshape(n, -1).all(axis=1))[0][0])
             raise ConfigError(f"dataset features contain a non-finite value (first in row {bad})")
+        outside = (xf < low_x) | (xf > high_x)
+        if outside.any():
+            row, col = (int(i) for i in np.argwhere(outside.reshape(n, -1))[0])
+            value = float(xf.reshape(n, -1)[row, col])
+            raise ConfigError(
+                f"dataset feature {value:.6g} (row {row}, feature {col}) lies outside the feature "
+                f"range [{low_x:.6g}, {high_x:.6g}]; rescale the data or declare a wider "
+                "feature_range"
+            )
         yl = ya.astype(np.int64, copy=False)
         low, high = int(yl.min()), int(yl.max())
         if low < 0:
@@ -118,7 +139,27 @@ class Dataset:
             num_classes=num_classes,
             sha256=sha256,
             format=fmt,
+            feature_range=(low_x, high_x),
         )
+
+
+def _check_range(feature_range: tuple[float, float] | None) -> tuple[float, float]:
+    """A declared feature range: two finite float32 numbers, low < high."""
+    if feature_range is None:
+        return DEFAULT_FEATURE_RANGE
+    try:
+        low, high = feature_range
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"feature_range must be (low, high), got {feature_range!r}") from exc
+    for v in (low, high):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"feature_range bounds must be numbers, got {v!r}")
+    lo, hi = float(low), float(high)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"feature_range [{lo}, {hi}] must be finite with low < high")
+    if max(abs(lo), abs(hi)) > _FLOAT32_MAX:
+        raise ConfigError(f"feature_range [{lo:.6g}, {hi:.6g}] exceeds float32's range")
+    return lo, hi
 
 
 def load_dataset(
@@ -127,14 +168,17 @@ def load_dataset(
     *,
     label_column: str | None = None,
     limits: DatasetLimits | None = None,
+    feature_range: tuple[float, float] | None = None,
 ) -> Dataset:
     """Parse an uploaded dataset from ``data`` (never from disk) and validate it.
 
     ``npz`` holds arrays ``x`` and ``y``; ``csv`` and ``parquet`` hold a table whose label is
     ``label_column`` (needs a header) or else the last column; every other column is a feature.
+    Every feature must lie in ``feature_range`` (default :data:`DEFAULT_FEATURE_RANGE`).
     Raises ``ConfigError`` with a one-line reason on any malformed or out-of-limit upload.
     """
     lim = limits or DatasetLimits()
+    rng = _check_range(feature_range)
     try:
         kind = DatasetFormat(fmt) if isinstance(fmt, str) else fmt
     except ValueError as exc:
@@ -152,7 +196,7 @@ def load_dataset(
         x, y = _read_csv(data, label_column)
     else:
         x, y = _read_parquet(data, label_column)
-    return Dataset.from_arrays(x, y, sha256=digest, fmt=kind, limits=lim)
+    return Dataset.from_arrays(x, y, sha256=digest, fmt=kind, limits=lim, feature_range=rng)
 
 
 _Arrays = tuple[npt.NDArray[np.generic], npt.NDArray[np.generic]]

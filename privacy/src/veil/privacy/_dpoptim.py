@@ -51,7 +51,11 @@ def secure_flat_noise(
 
     ``out`` (``numel`` values) and ``scratch`` (4 x ``numel``) let a caller reuse memory.
     """
-    torch.normal(mean=0.0, std=std, size=(1, 1), generator=generator)  # discarded, as Opacus
+    device = generator.device if generator is not None else None
+    # discarded, as Opacus
+    torch.normal(mean=0.0, std=std, size=(1, 1), generator=generator, device=device)
+    if scratch is None:
+        scratch = torch.empty(4, numel, device=device)
     draws = torch.normal(mean=0.0, std=std, size=(4, numel), generator=generator, out=scratch)
     return torch.sum(draws, dim=0, out=out).div_(2.0)
 
@@ -88,10 +92,11 @@ class NoiseStream:
         self._source, self._std, self._scale = source, std, scale
         sizes = [math.prod(shape) for shape in shapes]
         numel = sum(sizes)
-        self._scratch = torch.empty(4, numel)
+        device = source.device  # noise is drawn where it is added
+        self._scratch = torch.empty(4, numel, device=device)
         self._buffers: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
         for _ in range(3):
-            flat = torch.empty(numel)
+            flat = torch.empty(numel, device=device)
             views = [
                 v.view(shape) for v, shape in zip(torch.split(flat, sizes), shapes, strict=True)
             ]

@@ -202,6 +202,7 @@ class BudgetLedger:
                     f"{dataset_sha256[:16]} of tenant {tenant!r} has {st.remaining_epsilon:.4g} "
                     f"of {st.budget_epsilon:.4g} left",
                     remaining_epsilon=st.remaining_epsilon,
+                    remaining_delta=st.remaining_delta,
                 )
             if math.fsum([*deltas, plan.delta]) > st.budget_delta:
                 raise PrivacyBudgetExceeded(
@@ -209,6 +210,7 @@ class BudgetLedger:
                     f"{dataset_sha256[:16]} of tenant {tenant!r} has {st.remaining_delta:.3g} "
                     f"of delta {st.budget_delta:.3g} left",
                     remaining_epsilon=st.remaining_epsilon,
+                    remaining_delta=st.remaining_delta,
                 )
             conn.execute(
                 "INSERT OR IGNORE INTO budgets (tenant, dataset, epsilon, delta) "

@@ -20,6 +20,9 @@ class TrainingRecord:
     ``epsilon`` is the ``accountant``'s upper bound for ``steps`` Poisson-sampled Gaussian steps
     at ``noise_multiplier`` and ``sample_rate``, at ``delta``. ``model_sha256`` is the digest of the
     exported ONNX bytes and ``dataset_sha256`` that of the uploaded dataset bytes.
+    ``feature_min``/``feature_max`` are the dataset's declared feature range (every feature was
+    checked to lie in it), ``device`` the torch device type the job trained on (``cpu``,
+    ``cuda``).
     """
 
     model: str
@@ -32,6 +35,8 @@ class TrainingRecord:
     max_grad_norm: float
     dataset_sha256: str
     num_rows: int
+    feature_min: float
+    feature_max: float
     epochs: int
     batch_size: int
     learning_rate: float
@@ -39,6 +44,7 @@ class TrainingRecord:
     grad_sample_mode: str
     secure_rng: bool
     world_size: int
+    device: str
     model_sha256: str
     opacus_version: str
     torch_version: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -10,9 +11,10 @@ import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import opacus
 import torch
 from opacus import PrivacyEngine
@@ -23,6 +25,7 @@ from opacus.optimizers import (
 )
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from veil.sdk import TrainingProgress
@@ -39,14 +42,18 @@ from ._record import TrainingRecord
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
+    "AuditedStep",
     "ProgressEvent",
     "TrainingAborted",
     "TrainingConfig",
     "TrainingPlan",
     "TrainingResult",
+    "audit_step",
     "choose_grad_sample_mode",
-    "plan_training",
+    "default_device",
     "evaluate_accuracy",
+    "plan_training",
+    "poisson_schedule",
     "train",
 ]
 
@@ -222,10 +229,28 @@ class TrainingResult:
     train_seconds: float
 
 
+_Count = TypeVar("_Count", int, npt.NDArray[np.int64])
+
+
+def poisson_schedule(num_rows: int, batch_size: _Count) -> tuple[_Count, _Count]:
+    """``(steps_per_epoch, expected_batch_size)`` in integer arithmetic, no float round-off.
+
+    ``steps_per_epoch`` is ``k = ceil(num_rows / batch_size)`` (the sample rate is exactly
+    ``1 / k``) and ``expected_batch_size`` is ``floor(num_rows / k)`` (at least 1): what Opacus
+    computes as ``int(num_rows * sample_rate)``, which round-off makes 0 for e.g. 49 rows in
+    batches of 1. Works elementwise on integer numpy arrays too. Raises ``ConfigError`` unless
+    both are at least 1.
+    """
+    if np.any(np.asarray(num_rows) < 1) or np.any(np.asarray(batch_size) < 1):
+        raise ConfigError("a Poisson schedule needs at least one row and a batch size of 1 or more")
+    k = -(-num_rows // batch_size)
+    return k, num_rows // k
+
+
 def _schedule(num_rows: int, config: TrainingConfig) -> tuple[float, int, int]:
     if num_rows < 1:
         raise ConfigError("cannot plan training on an empty dataset")
-    k = max(1, math.ceil(num_rows / config.batch_size))
+    k, _ = poisson_schedule(num_rows, config.batch_size)
     return 1.0 / k, k, k * config.epochs
 
 
@@ -362,6 +387,231 @@ def _check_plan(plan: TrainingPlan, num_rows: int, config: TrainingConfig) -> No
         )
 
 
+def default_device() -> torch.device:
+    """Where training runs unless told: the current CUDA device when torch sees a GPU, else the
+    CPU. Under torch.distributed only the NCCL backend trains on GPUs (gloo: CPU)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class _Private:
+    """A model made private: the module to run, the DP optimizer, the clipped-sum step, and the
+    loader Opacus wrapped (``None`` for ``bk``, which samples itself)."""
+
+    model: nn.Module
+    optimizer: Any
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loader: Any
+
+
+def _make_private(
+    net: nn.Module,
+    mode: str,
+    *,
+    optimizer: str,
+    learning_rate: float,
+    momentum: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    noise: NoiseSource,
+    engine: PrivacyEngine,
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
+    world: int,
+) -> _Private:
+    """The DP-SGD machinery of one job (``train``) or one audited step (``audit_step``)."""
+    module: nn.Module = DPDDP(net) if world > 1 else net
+    base: torch.optim.Optimizer
+    if optimizer == "sgd":
+        base = torch.optim.SGD(module.parameters(), lr=learning_rate, momentum=momentum)
+    else:
+        base = torch.optim.Adam(module.parameters(), lr=learning_rate)
+    # Each process's share of the expected batch (exact: see poisson_schedule).
+    expected: float = expected_batch_size / world if world > 1 else expected_batch_size
+    if mode == "bk":
+        if not supports_bookkeeping(net):
+            raise ConfigError(
+                "grad_sample_mode 'bk' needs a model of Conv2d, Linear and parameter-free layers"
+            )
+        # What make_private would build for ghost clipping, with our clipper instead of its
+        # two-pass criterion: the fast-gradient-clipping optimizer adds noise (rank 0 only
+        # under DDP), scales by the expected batch size and steps Opacus' accountant. In one
+        # process it is our FusedNoiseOptimizer (same arithmetic, fused noise, no copies).
+        opt_cls: type[DPOptimizerFastGradientClipping] = FusedNoiseOptimizer
+        if world > 1:
+            opt_cls = DistributedDPOptimizerFastGradientClipping
+        dp_opt = opt_cls(
+            base,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected,
+            loss_reduction="mean",
+            generator=noise.noise,
+        )
+        return _Private(module, dp_opt, BookKeepingClipper(net, max_grad_norm), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        made = engine.make_private(
+            module=module,
+            optimizer=base,
+            criterion=nn.CrossEntropyLoss(),
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=False,
+            noise_generator=noise.noise,
+            grad_sample_mode=mode,
+        )
+    if len(made) == 4:
+        dp_model, dp_opt, criterion, dp_loader = made
+    else:
+        dp_model, dp_opt, dp_loader = made
+        criterion = nn.CrossEntropyLoss()
+    # Opacus computed int(rows * sample_rate), which float round-off can make 0.
+    dp_opt.expected_batch_size = expected
+    return _Private(dp_model, dp_opt, _finite_step(dp_model, dp_opt, criterion, mode), dp_loader)
+
+
+def _finite_step(
+    dp_model: nn.Module, dp_opt: Any, criterion: Any, mode: str
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Opacus' per-sample gradients for a batch, with every sample whose loss or gradient norm
+    is not finite left out (the batch recomputed without it): its contribution is exactly zero
+    and nothing non-finite reaches the clipped sum. Returns the mean loss (detached)."""
+
+    def attempt(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if mode == "ghost":
+            # Opacus' DPTensorFastGradientClipping: backward() runs its two passes.
+            loss = criterion(dp_model(xb), yb)
+            per = loss.loss_per_sample.detach()
+            loss.backward()
+            norms = cast(torch.Tensor, dp_model.per_sample_gradient_norms)
+        else:
+            per_sample = F.cross_entropy(dp_model(xb), yb, reduction="none")
+            per = per_sample.detach()
+            # what CrossEntropyLoss() (mean) back-propagates
+            torch.autograd.backward(per_sample.mean())
+            flat = [g.reshape(len(g), -1).norm(2, dim=-1) for g in dp_opt.grad_samples]
+            norms = torch.stack(flat, dim=1).norm(2, dim=1)  # as Opacus' clip_and_accumulate
+        return per.mean(), torch.isfinite(per) & torch.isfinite(norms)
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        while xb.shape[0]:
+            loss, finite = attempt(xb, yb)
+            if bool(finite.all()):
+                return loss
+            dp_opt.zero_grad(set_to_none=True)
+            xb, yb = xb[finite], yb[finite]
+        # An empty batch: Opacus' own path (noise on a zero gradient).
+        empty = criterion(dp_model(xb), yb)
+        empty.backward()
+        detached: torch.Tensor = empty.detach()
+        return detached
+
+    return step
+
+
+@dataclass(frozen=True)
+class AuditedStep:
+    """One DP-SGD step as :func:`train` takes it, for third-party checks of the mechanism.
+
+    ``clipped_sum``: per parameter name, the sum over the batch of the per-sample gradients,
+    each clipped to ``max_grad_norm`` (a sample with a non-finite loss or norm contributes 0),
+    before noise. ``update``: the gradient the optimizer then applies, ``(clipped_sum + noise) /
+    expected_batch_size``. ``loss``: the batch's mean loss over the samples that contributed.
+    """
+
+    clipped_sum: dict[str, torch.Tensor]
+    update: dict[str, torch.Tensor]
+    expected_batch_size: int
+    loss: float
+
+
+def audit_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_grad_norm: float,
+    noise_multiplier: float,
+    noise: NoiseSource,
+    grad_sample_mode: str = "bk",
+    expected_batch_size: int | None = None,
+) -> AuditedStep:
+    """Run one DP-SGD step of ``model`` (a copy; ``model`` is untouched) on the batch ``x``,
+    ``y`` with the noise of ``noise`` (inject ``NoiseSource.fast(seed)`` or a source whose
+    generators you built), through the code :func:`train` runs in ``grad_sample_mode``.
+
+    ``expected_batch_size`` defaults to the batch's size; ``noise_multiplier`` may be 0 (no
+    noise: ``update`` is then ``clipped_sum / expected_batch_size``). Runs on the noise
+    source's device. Raises ``ConfigError`` on a bad argument.
+    """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(f"grad_sample_mode {grad_sample_mode!r} unknown; use {GRAD_SAMPLE_MODES}")
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ConfigError(f"max_grad_norm {max_grad_norm} must be positive")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise ConfigError(f"noise_multiplier {noise_multiplier} must be zero or positive")
+    rows = int(x.shape[0])
+    if int(y.shape[0]) != rows:
+        raise ConfigError(f"the batch has {rows} rows but {int(y.shape[0])} labels")
+    expected = rows if expected_batch_size is None else expected_batch_size
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 1:
+        raise ConfigError(f"expected_batch_size must be a positive integer, got {expected!r}")
+    device = noise.device
+    net = copy.deepcopy(model).to(device)
+    xb, yb = x.to(device), y.to(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
+        _Rows(xb, yb), batch_size=max(rows, 1), collate_fn=_as_batch
+    )
+    private = _make_private(
+        net,
+        grad_sample_mode,
+        optimizer="sgd",
+        learning_rate=1.0,
+        momentum=0.0,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected,
+        noise=noise,
+        engine=engine,
+        loader=loader,
+        world=1,
+    )
+    dp_opt = private.optimizer
+    dp_opt.secure_mode = noise.is_secure
+    stream: NoiseStream | None = None
+    if noise.is_secure and isinstance(dp_opt, FusedNoiseOptimizer):
+        stream = dp_opt.use_noise_stream(noise, prefetch=False, steps=1)
+    try:
+        private.model.train()
+        dp_opt.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss = private.step(xb, yb)
+        if stream is None:
+            noise.before_noise()
+        dp_opt.pre_step()
+    finally:
+        if stream is not None:
+            stream.close()
+    params: dict[str, Any] = dict(net.named_parameters())  # Opacus adds summed_grad
+    return AuditedStep(
+        clipped_sum={n: p.summed_grad.detach().clone() for n, p in params.items()},
+        update={n: p.grad.detach().clone() for n, p in params.items()},
+        expected_batch_size=expected,
+        loss=float(loss),
+    )
+
+
 def train(
     dataset: Dataset,
     spec: ModelSpec,
@@ -372,6 +622,8 @@ def train(
     progress: Callable[[ProgressEvent], None] | None = None,
     progress_every: int = 0,
     prefetch_noise: bool | None = None,
+    device: torch.device | str | None = None,
+    weight_hook: Callable[[nn.Module], None] | None = None,
 ) -> TrainingResult:
     """Train ``spec`` on ``dataset`` with DP-SGD and return ONNX bytes plus the training record.
 
@@ -384,6 +636,15 @@ def train(
     ``prefetch_noise``: draw the next step's secure noise on a worker thread while this step
     computes (``bk`` mode in one process); default: for models of at least
     ``PREFETCH_MIN_PARAMS`` parameters when this process may use two CPUs.
+    ``device``: where the model trains and the noise is drawn; default: the device of a given
+    ``noise`` source, else :func:`default_device` (CUDA when a GPU is present). A given
+    ``noise`` must draw its noise on that device.
+    A sample whose loss or per-sample gradient norm is not finite contributes nothing to its
+    step (see :class:`~veil.privacy._bookkeeping.BookKeepingClipper`), in every mode.
+    ``weight_hook``: a regulariser called with the model at every step, after the private
+    gradient (clipped, noised, averaged) is in each parameter's ``.grad`` and before the update;
+    it may add to ``.grad`` a term computed from the WEIGHTS ONLY (e.g. a watermark
+    regulariser). Reading no data, it is post-processing: the accounting is unchanged.
     Raises ``TrainingAborted`` (with ``steps_started``) if anything fails mid-run.
     """
     if dataset.num_classes > spec.num_classes:
@@ -398,12 +659,22 @@ def train(
     plan = plan or plan_training(dataset.num_rows, config)
     _check_plan(plan, dataset.num_rows, config)
     rank, world = _world()
+    if device is not None:
+        device = torch.device(device)
+    elif noise is not None:
+        device = noise.device
+    else:
+        device = default_device()
     if noise is None:
         if config.noise is NoiseMode.SECURE:
-            noise = NoiseSource.secure()
+            noise = NoiseSource.secure(device=device)
         else:
             assert config.seed is not None
-            noise = NoiseSource.fast(config.seed, rank=rank)
+            noise = NoiseSource.fast(config.seed, rank=rank, device=device)
+    if noise.device.type != device.type:
+        raise ConfigError(
+            f"the noise source draws on {noise.device.type} but training runs on {device.type}"
+        )
     noise.announce()
     mode = (
         choose_grad_sample_mode(spec)
@@ -420,8 +691,9 @@ def train(
         if config.seed is not None:
             torch.manual_seed(config.seed)
         net = build_model(spec)
-    x = torch.from_numpy(dataset.features).reshape(-1, *spec.input_shape)
-    y = torch.from_numpy(dataset.labels)
+    net = net.to(device)
+    x = torch.from_numpy(dataset.features).reshape(-1, *spec.input_shape).to(device)
+    y = torch.from_numpy(dataset.labels).to(device)
     sampler = _PoissonSampler(
         shard=torch.arange(rank, dataset.num_rows, world),
         sample_rate=plan.sample_rate,
@@ -432,76 +704,35 @@ def train(
     loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
         rows, batch_sampler=sampler, collate_fn=_as_batch
     )
-
-    module: nn.Module = DPDDP(net) if world > 1 else net
-    optimizer: torch.optim.Optimizer
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            module.parameters(), lr=config.learning_rate, momentum=config.momentum
-        )
-    else:
-        optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
+    _, expected = poisson_schedule(dataset.num_rows, config.batch_size)
     with warnings.catch_warnings():
         # Opacus warns that its torchcsprng secure_mode is off; NoiseSource replaces it.
         warnings.simplefilter("ignore", UserWarning)
         engine = PrivacyEngine(accountant=plan.accountant.value, secure_mode=False)
-    step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    private = _make_private(
+        net,
+        mode,
+        optimizer=config.optimizer,
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        expected_batch_size=expected,
+        noise=noise,
+        engine=engine,
+        loader=loader,
+        world=world,
+    )
+    dp_model, dp_opt, step_fn = private.model, private.optimizer, private.step
+    if weight_hook is not None:
+        hook = weight_hook  # runs when Opacus hands the private gradient to the optimizer
+        dp_opt.original_optimizer.register_step_pre_hook(lambda *_: hook(net))
     stream: NoiseStream | None = None
+    dp_loader: Any = _Batches(rows, sampler) if mode == "bk" else private.loader
     if mode == "bk":
-        if not supports_bookkeeping(net):
-            raise ConfigError(
-                "grad_sample_mode 'bk' needs a model of Conv2d, Linear and parameter-free layers"
-            )
-        # What make_private would build for ghost clipping, with our clipper instead of its
-        # two-pass criterion: the fast-gradient-clipping optimizer adds noise (rank 0 only
-        # under DDP), scales by the expected batch size and steps Opacus' accountant. In one
-        # process it is our FusedNoiseOptimizer (same arithmetic, fused noise, no copies).
-        expected_batch: float = int(dataset.num_rows * plan.sample_rate)
-        opt_cls: type[DPOptimizerFastGradientClipping] = FusedNoiseOptimizer
-        if world > 1:
-            expected_batch /= world
-            opt_cls = DistributedDPOptimizerFastGradientClipping
-        dp_opt = opt_cls(
-            optimizer,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            expected_batch_size=expected_batch,
-            loss_reduction="mean",
-            generator=noise.noise,
-        )
         dp_opt.attach_step_hook(
-            engine.accountant.get_optimizer_hook_fn(sample_rate=1.0 / len(loader))
+            engine.accountant.get_optimizer_hook_fn(sample_rate=1.0 / len(dp_loader))
         )
-        step_fn = BookKeepingClipper(net, config.max_grad_norm)
-        dp_loader = _Batches(rows, sampler)
-        dp_model: nn.Module = module
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            made = engine.make_private(
-                module=module,
-                optimizer=optimizer,
-                criterion=nn.CrossEntropyLoss(),
-                data_loader=loader,
-                noise_multiplier=plan.noise_multiplier,
-                max_grad_norm=config.max_grad_norm,
-                poisson_sampling=False,
-                noise_generator=noise.noise,
-                grad_sample_mode=mode,
-            )
-        if len(made) == 4:
-            dp_model, dp_opt, criterion, dp_loader = made
-        else:
-            dp_model, dp_opt, dp_loader = made
-            criterion = nn.CrossEntropyLoss()
-
-        def step_fn(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            # Under ghost clipping this is Opacus' DPTensorFastGradientClipping, whose
-            # backward() runs its two passes; keep the method call.
-            loss = criterion(dp_model(xb), yb)
-            loss.backward()
-            detached: torch.Tensor = loss.detach()
-            return detached
 
     # Opacus took the loader's length as 1/sample_rate; it must be exactly our plan's rate.
     if 1.0 / len(dp_loader) != plan.sample_rate:
@@ -548,8 +779,8 @@ def train(
                     if stream is None:  # Opacus draws: reseed its generator first
                         noise.before_noise()
                     dp_opt.step()
-                    if xb.shape[0]:
-                        loss_value = float(loss)
+                    if xb.shape[0] and math.isfinite(value := float(loss)):
+                        loss_value = value
                     every = progress_every or plan.steps_per_epoch
                     if progress is not None and (
                         steps_started % every == 0 or steps_started == plan.steps
@@ -594,6 +825,8 @@ def train(
         max_grad_norm=config.max_grad_norm,
         dataset_sha256=dataset.sha256,
         num_rows=dataset.num_rows,
+        feature_min=dataset.feature_range[0],
+        feature_max=dataset.feature_range[1],
         epochs=config.epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
@@ -601,6 +834,7 @@ def train(
         grad_sample_mode=mode,
         secure_rng=noise.is_secure,
         world_size=world,
+        device=device.type,
         model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         opacus_version=str(opacus.__version__),
         torch_version=str(torch.__version__),

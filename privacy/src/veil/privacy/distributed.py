@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(1)
     dist.init_process_group(backend=args.backend)
+    if args.backend == "nccl":  # one GPU per rank (torchrun sets LOCAL_RANK)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:
         result = train(dataset, spec, config)
         if dist.get_rank() == 0:

@@ -3,7 +3,7 @@
     from veil.sdk import AttestationPolicy, Client
 
     policy = AttestationPolicy.production(measurements=["<96 hex digits>"])
-    with Client("enclave.example:7443", api_key=key, policy=policy) as client:
+    with Client("enclave.example:7443", api_key=Path("default.key"), policy=policy) as client:
         client.upload_model("model.onnx", name="scorer")
         scores = client.infer("scorer", {"x": batch})
 
@@ -11,7 +11,7 @@ Nothing is sent to an enclave before its evidence verifies under the policy; eve
 raises a subclass of :class:`VeilError`.
 """
 
-from veil.sdk._client import AsyncClient, Client, TrainingJob
+from veil.sdk._client import AsyncClient, AsyncTrainingJob, Client, TrainingJob
 from veil.sdk._core import TlsOptions
 from veil.sdk._models import ModelInfo, TensorInfo, WatermarkCheck, WatermarkEmbedding
 from veil.sdk._training import (
@@ -36,29 +36,37 @@ from veil.sdk.attestation import (
 from veil.sdk.errors import (
     AttestationError,
     AttestationFailure,
+    AuditFailure,
     AuditLogError,
     ConfigError,
+    ConfigFailure,
     DecryptionError,
     InsecureModeWarning,
     PrivacyBudgetExceeded,
     ProtocolError,
+    ProtocolFailure,
     RemoteError,
+    RemoteReason,
     VeilError,
     WatermarkError,
+    WatermarkFailure,
 )
 from veil.sdk.evidence import AttestedEnclave, EnclaveClaims, Evidence, verify_enclave
 from veil.sdk.protocol import Suite
 
 __all__ = [
     "AsyncClient",
+    "AsyncTrainingJob",
     "AttestationError",
     "AttestationFailure",
     "AttestationPolicy",
     "AttestedEnclave",
+    "AuditFailure",
     "AuditLogError",
     "BudgetInfo",
     "Client",
     "ConfigError",
+    "ConfigFailure",
     "DatasetInfo",
     "DecryptionError",
     "EnclaveClaims",
@@ -69,7 +77,9 @@ __all__ = [
     "PrivacyBudgetExceeded",
     "Product",
     "ProtocolError",
+    "ProtocolFailure",
     "RemoteError",
+    "RemoteReason",
     "SnpCertChain",
     "SnpReport",
     "Suite",
@@ -86,6 +96,7 @@ __all__ = [
     "WatermarkCheck",
     "WatermarkEmbedding",
     "WatermarkError",
+    "WatermarkFailure",
     "verify_enclave",
     "verify_snp_report",
     "verify_training_record",

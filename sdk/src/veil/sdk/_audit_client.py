@@ -23,7 +23,7 @@ from veil.sdk.audit import (
     verify_checkpoint,
     verify_checkpoint_consistency,
 )
-from veil.sdk.errors import AuditLogError, ProtocolError
+from veil.sdk.errors import AuditFailure, AuditLogError, ProtocolError
 from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
 from veil.sdk.protocol import NONCE_LEN
 from veil.v1 import attestation_pb2, audit_pb2
@@ -45,7 +45,9 @@ NONCE_FILE = "attestation/nonce.bin"
 def _log_key(enclave: AttestedEnclave) -> Verifier:
     key = enclave.log_verifier
     if key is None:
-        raise AuditLogError("the attested enclave publishes no audit log key")
+        raise AuditLogError(
+            "the attested enclave publishes no audit log key", reason=AuditFailure.MISSING
+        )
     return key
 
 
@@ -55,7 +57,9 @@ def checked_checkpoint(
     """The tenant's checkpoint, verified under the attested log key."""
     key = _log_key(enclave)
     if response.vkey and response.vkey != key.vkey:
-        raise AuditLogError("enclave names a log key other than the attested one")
+        raise AuditLogError(
+            "enclave names a log key other than the attested one", reason=AuditFailure.MISMATCH
+        )
     return verify_checkpoint(response.checkpoint, key, origin=f"{key.name}/{tenant}")
 
 

@@ -1,86 +1,88 @@
-"""``Client`` (blocking) and ``AsyncClient`` (asyncio) over one shared ``ClientCore``.
+"""``Client`` (blocking) and ``AsyncClient`` (asyncio): two drivers of the same operations.
 
-Both verify the enclave's attestation before the first byte of data is sent, cache the verdict
-until it expires, and re-attest once when the enclave says its key rotated.
+Every operation is written once, in :mod:`veil.sdk._operations`, as a generator of channel
+steps; ``Client`` runs the steps blocking, ``AsyncClient`` awaits them. Both verify the enclave's
+attestation before the first byte of data is sent, cache the verdict until it expires, and
+re-attest once when the enclave says its key rotated. Their public methods have the same names
+and parameters (a test compares them); the async ones are coroutines.
 """
 
 from __future__ import annotations
 
-import json
+import abc
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import grpc
 import grpc.aio
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import Message
-from tqdm import tqdm
 
-from veil.sdk._audit_client import (
-    ExportReceiver,
-    checked_checkpoint,
-    checked_consistency,
-    checked_inclusion,
-)
-from veil.sdk._core import ClientCore, TlsOptions, _utcnow, remote_error
+from veil.sdk._core import ClientCore, TlsOptions, _utcnow
 from veil.sdk._models import ModelInfo, WatermarkCheck, WatermarkEmbedding
+from veil.sdk._operations import (
+    END,
+    STREAMING_REQUEST,
+    STREAMING_RESPONSE,
+    Call,
+    Emit,
+    Next,
+    Op,
+    Operations,
+    Source,
+    Step,
+    TrainingStart,
+    read_api_key,
+)
 from veil.sdk._training import (
     BudgetInfo,
     DatasetInfo,
     TrainingOutcome,
     TrainingProgress,
-    outcome_from_result,
 )
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.audit import Checkpoint, Receipt
-from veil.sdk.errors import ProtocolError, RemoteError
-from veil.sdk.evidence import AttestedEnclave, to_ms
+from veil.sdk.errors import ConfigError, ConfigFailure, ProtocolError, ProtocolFailure
+from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.protocol import Method, Suite
-from veil.sdk.sealing import SealedCall
 from veil.v1 import (
     attestation_pb2_grpc,
-    audit_pb2,
     audit_pb2_grpc,
-    common_pb2,
-    inference_pb2,
     inference_pb2_grpc,
-    models_pb2,
     models_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
-    watermark_pb2,
     watermark_pb2_grpc,
 )
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["AsyncClient", "AsyncTrainingJob", "Client", "TrainingJob"]
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
-ModelSource = str | Path | bytes
+KeySource = str | os.PathLike[str] | Mapping[str, Any]
+
+_STUBS: Mapping[str, Callable[[Any], object]] = {
+    "AttestationService": attestation_pb2_grpc.AttestationServiceStub,
+    "ModelService": models_pb2_grpc.ModelServiceStub,
+    "InferenceService": inference_pb2_grpc.InferenceServiceStub,
+    "AuditService": audit_pb2_grpc.AuditServiceStub,
+    "TrainingService": training_pb2_grpc.TrainingServiceStub,
+    "WatermarkService": watermark_pb2_grpc.WatermarkServiceStub,
+}
 
 
-def _key_file(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    """A key file or opening (path, JSON text or mapping) as a dict."""
-    if isinstance(source, Mapping):
-        return dict(source)
-    text = (
-        Path(source).read_text()
-        if isinstance(source, Path) or not source.lstrip().startswith("{")
-        else source
-    )
-    doc = json.loads(text)
-    if not isinstance(doc, dict):
-        raise ValueError("watermark key file must be a JSON object")
-    return doc
-
-
-def _read_model(source: ModelSource) -> bytes:
-    return source if isinstance(source, bytes) else Path(source).read_bytes()
+def _methods(channel: grpc.Channel | grpc.aio.Channel) -> dict[str, Any]:
+    """Every RPC of Veil's services on ``channel``, by full method name."""
+    return {
+        f"/veil.v1.{service}/{name}": method
+        for service, stub in _STUBS.items()
+        for name, method in vars(stub(channel)).items()
+    }
 
 
 def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -90,82 +92,25 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-class _Base:
-    def __init__(
-        self,
-        target: str,
-        *,
-        api_key: str,
-        policy: AttestationPolicy,
-        tenant: str = "default",
-        suite: Suite = Suite.X25519_SHA256_AES256GCM,
-        tls: TlsOptions | None = None,
-        timeout: float = 60.0,
-        progress: bool = False,
-        chunk_size: int = 1024 * 1024,
-        max_message_bytes: int = 65 * 1024 * 1024,
-        clock: Callable[[], datetime] = _utcnow,
-        random: Callable[[int], bytes] = os.urandom,
-    ) -> None:
-        if not api_key:
-            raise ValueError("api_key is required")
-        self._target = target
-        self._tls = tls
-        self._timeout = timeout
-        self._progress = progress
-        self._options = _channel_options(max_message_bytes)
-        self._core = ClientCore(
-            tenant=tenant,
-            api_key=api_key,
-            policy=policy,
-            suite=suite,
-            clock=clock,
-            random=random,
-            chunk_size=chunk_size,
-        )
-        self._connect()
-
-    def _connect(self) -> None:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._target!r}, tenant={self._core.tenant!r})"
-
-    @property
-    def receipts(self) -> list[Receipt]:
-        """Receipts for this client's calls, each verified on arrival (newest last)."""
-        return [receipt for receipt, _ in self._core.receipts]
-
-    @staticmethod
-    def _dataset_format(source: ModelSource, fmt: str | None) -> str:
-        if fmt is not None:
-            return fmt
-        if isinstance(source, bytes):
-            raise ValueError("format is required when the dataset is given as bytes")
-        suffix = Path(source).suffix.lower().lstrip(".")
-        if suffix not in ("npz", "csv", "parquet"):
-            raise ValueError(f"cannot tell the dataset format of {source}; pass format=")
-        return suffix
-
-    @staticmethod
-    def _train_request(
-        dataset: str | DatasetInfo,
-        model: str,
-        *,
-        target_epsilon: float,
-        delta: float,
-        max_grad_norm: float,
-        epochs: int,
-        batch_size: int,
-        learning_rate: float,
-        name: str,
-        accountant: str,
-        optimizer: str,
-        noise: str,
-        seed: int,
-        spec: Mapping[str, Any] | None,
-    ) -> training_pb2.TrainRequest:
-        extra = dict(spec or {})
+def _train_request(
+    dataset: str | DatasetInfo,
+    model: str,
+    *,
+    target_epsilon: float,
+    delta: float,
+    max_grad_norm: float,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    name: str,
+    accountant: str,
+    optimizer: str,
+    noise: str,
+    seed: int,
+    spec: Mapping[str, Any] | None,
+) -> training_pb2.TrainRequest:
+    extra = dict(spec or {})
+    try:
         return training_pb2.TrainRequest(
             dataset_sha256=dataset.sha256 if isinstance(dataset, DatasetInfo) else dataset,
             model_kind=model,
@@ -186,39 +131,73 @@ class _Base:
             model_name=name,
             input_shape=[int(d) for d in extra.pop("input_shape", ())],
         )
+    except (TypeError, ValueError) as exc:  # a value of the wrong kind (protobuf refuses it)
+        raise ConfigError(f"training parameters are invalid: {exc}") from exc
 
-    @staticmethod
-    def _export_request(
-        since: datetime | int | None, until: datetime | None, formats: Sequence[str]
-    ) -> audit_pb2.ExportRequest:
-        """``since``: a time, or a leaf index (e.g. an earlier export's tree size)."""
-        if isinstance(since, int) and since < 0:
-            raise ValueError("since must be a time or a leaf index >= 0")
-        return audit_pb2.ExportRequest(
-            since_ms=to_ms(since) if isinstance(since, datetime) else 0,
-            until_ms=to_ms(until) if until else 0,
-            formats=list(formats),
-            from_index=since if isinstance(since, int) else 0,
-        )
 
-    def _bar(self, total: int, name: str) -> tqdm[None]:
-        return tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc=f"uploading {name}",
-            disable=not self._progress,
-            leave=False,
+class _Base(abc.ABC):
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | os.PathLike[str],
+        policy: AttestationPolicy,
+        tenant: str = "default",
+        suite: Suite = Suite.X25519_SHA256_AES256GCM,
+        tls: TlsOptions | None = None,
+        timeout: float = 60.0,
+        progress: bool = False,
+        chunk_size: int = 1024 * 1024,
+        max_message_bytes: int = 65 * 1024 * 1024,
+        clock: Callable[[], datetime] = _utcnow,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not target:
+            raise ConfigError("target (host:port) is required", reason=ConfigFailure.MISSING_VALUE)
+        self._target = target
+        self._tls = tls
+        self._options = _channel_options(max_message_bytes)
+        self._core = ClientCore(
+            tenant=tenant,
+            api_key=read_api_key(api_key),
+            policy=policy,
+            suite=suite,
+            clock=clock,
+            random=random,
+            chunk_size=chunk_size,
         )
+        self._ops = Operations(self._core, timeout=timeout, progress=progress)
+        self._connect()
+
+    @abc.abstractmethod
+    def _connect(self) -> None:
+        """Open this client's kind of channel (blocking or asyncio) and its methods."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._target!r}, tenant={self._core.tenant!r})"
+
+    @property
+    def receipts(self) -> list[Receipt]:
+        """Receipts for this client's calls, each verified on arrival (newest last)."""
+        return [receipt for receipt, _ in self._core.receipts]
+
+
+def _advance(op: Op[Any], send: Any, error: BaseException | None) -> Step | StopIteration:
+    try:
+        return op.throw(error) if error is not None else op.send(send)
+    except StopIteration as stop:
+        return stop
 
 
 class Client(_Base):
     """Blocking client. Use as a context manager::
 
     policy = AttestationPolicy.production(measurements=[EXPECTED])
-    with Client("enclave:7443", api_key=key, policy=policy) as client:
+    with Client("enclave:7443", api_key=Path("default.key"), policy=policy) as client:
         client.upload_model("model.onnx", name="scorer")
         result = client.infer("scorer", {"x": batch})
+
+    ``api_key`` is the key, or the path of a key file (whitespace around the key is stripped).
     """
 
     def _connect(self) -> None:
@@ -228,12 +207,40 @@ class Client(_Base):
             )
         else:
             self._channel = grpc.insecure_channel(self._target, self._options)
-        self._attestation = attestation_pb2_grpc.AttestationServiceStub(self._channel)
-        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
-        self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
-        self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
-        self._training = training_pb2_grpc.TrainingServiceStub(self._channel)
-        self._watermark = watermark_pb2_grpc.WatermarkServiceStub(self._channel)
+        self._methods = _methods(self._channel)
+
+    def _execute(self, step: Call | Next) -> Any:
+        if isinstance(step, Next):
+            return next(step.stream, END)
+        method = self._methods[step.path]
+        answer = method(step.request, timeout=step.timeout)
+        return iter(answer) if step.path in STREAMING_RESPONSE else answer
+
+    def _iterate(self, op: Op[Any]) -> Iterator[Any]:
+        """Run ``op``'s steps blocking; yield what it emits, then what it returns."""
+        send: Any = None
+        error: BaseException | None = None
+        try:
+            while not isinstance(step := _advance(op, send, error), StopIteration):
+                send, error = None, None
+                if isinstance(step, Emit):
+                    yield step.item
+                    continue
+                try:
+                    send = self._execute(step)
+                except BaseException as exc:  # thrown into the operation, which converts it
+                    error = exc
+            yield step.value
+        finally:
+            op.close()
+
+    def _run(self, op: Op[T]) -> T:
+        *_, result = self._iterate(op)  # an operation that emits nothing yields its result only
+        return cast(T, result)
+
+    def _unary(self, method: Method, request: Message, response: M) -> M:
+        """A sealed unary call of ``method`` (for tests that send what the SDK would not)."""
+        return self._run(self._ops.unary(method, request, response))
 
     def __enter__(self) -> Self:
         return self
@@ -247,101 +254,24 @@ class Client(_Base):
         self.close()
 
     def close(self) -> None:
+        """Close the channel."""
         self._channel.close()
 
     def attest(self, *, force: bool = False) -> AttestedEnclave:
         """Verify the enclave (or return the cached, unexpired verdict). Raises on failure."""
-        if not force and (cached := self._core.cached()) is not None:
-            return cached
-        challenge = self._core.challenge()
-        try:
-            evidence = self._attestation.GetAttestation(challenge.request(), timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise remote_error(exc) from exc
-        return self._core.accept(challenge, evidence)
+        return self._run(self._ops.attest(force=force))
 
-    def _sealed(self, call: Callable[[AttestedEnclave], T]) -> T:
-        """Run ``call`` with a verified enclave; on ``key-rotated``, re-attest and retry once."""
-        try:
-            return call(self.attest())
-        except RemoteError as exc:
-            if exc.reason != "key-rotated":
-                raise
-            self._core.invalidate()
-            return call(self.attest(force=True))
-
-    def _unary(
-        self,
-        method: Method,
-        stub: Callable[..., common_pb2.SealedResponse],
-        request: Message,
-        response: M,
-    ) -> M:
-        def run(enclave: AttestedEnclave) -> M:
-            sealed = self._core.seal(enclave, method, request)
-            try:
-                answer = stub(sealed.request, timeout=self._timeout)
-            except grpc.RpcError as exc:
-                raise remote_error(exc, sealed) from exc
-            return self._core.open(enclave, sealed, answer, type(response)())
-
-        return self._sealed(run)
-
-    def _stream_upload(
-        self,
-        size: int,
-        label: str,
-        prepare: Callable[
-            [AttestedEnclave, Callable[[int], object]],
-            tuple[SealedCall, Iterator[models_pb2.UploadMessage]],
-        ],
-        stub: Callable[..., common_pb2.SealedResponse],
-        response: M,
-    ) -> M:
-        """Seal a header, stream encrypted chunks (with a progress bar), open the answer."""
-
-        def run(enclave: AttestedEnclave) -> M:
-            with self._bar(size, label) as bar:
-                sealed, messages = prepare(enclave, bar.update)
-                try:
-                    answer = stub(messages, timeout=self._timeout)
-                except grpc.RpcError as exc:
-                    raise remote_error(exc, sealed) from exc
-            return self._core.open(enclave, sealed, answer, type(response)())
-
-        return self._sealed(run)
-
-    def upload_model(self, model: ModelSource, name: str) -> ModelInfo:
-        """Encrypt and stream an ONNX model to the enclave; return the registered version."""
-        data = _read_model(model)
-        info = self._stream_upload(
-            len(data),
-            name,
-            lambda enclave, progress: self._core.upload(enclave, data, name, progress),
-            self._models.UploadModel,
-            models_pb2.ModelInfo(),
-        )
-        return ModelInfo.from_proto(info)
+    def upload_model(self, model: Source, name: str) -> ModelInfo:
+        """Encrypt and stream an ONNX model (bytes or a file) to the enclave; return its version."""
+        return self._run(self._ops.upload_model(model, name))
 
     def list_models(self) -> list[ModelInfo]:
         """This tenant's registered models, every version."""
-        response = self._unary(
-            Method.LIST_MODELS,
-            self._models.ListModels,
-            models_pb2.ListModelsRequest(),
-            models_pb2.ListModelsResponse(),
-        )
-        return ClientCore.model_infos(response)
+        return self._run(self._ops.list_models())
 
     def delete_model(self, model: str) -> list[ModelInfo]:
         """Delete ``name@version``, or every version of ``name``; return what was deleted."""
-        response = self._unary(
-            Method.DELETE_MODEL,
-            self._models.DeleteModel,
-            models_pb2.DeleteModelRequest(model=model),
-            models_pb2.ListModelsResponse(),
-        )
-        return ClientCore.model_infos(response)
+        return self._run(self._ops.delete_model(model))
 
     def infer(
         self,
@@ -351,47 +281,23 @@ class Client(_Base):
         output_names: Sequence[str] | None = None,
     ) -> dict[str, npt.NDArray[np.generic]]:
         """Run ``model`` (``name`` or ``name@version``) on ``inputs``; sealed both ways."""
-        request = ClientCore.infer_request(model, inputs, output_names)
-        response = self._unary(
-            Method.INFER, self._inference.Infer, request, inference_pb2.InferResponse()
-        )
-        return ClientCore.infer_result(response)
-
-    # -- audit log ------------------------------------------------------------------------
+        return self._run(self._ops.infer(model, inputs, output_names))
 
     def audit_checkpoint(self) -> Checkpoint:
         """This tenant's latest checkpoint, verified under the attested log key."""
-        response = self._unary(
-            Method.AUDIT_CHECKPOINT,
-            self._audit.GetCheckpoint,
-            audit_pb2.CheckpointRequest(),
-            audit_pb2.CheckpointResponse(),
-        )
-        return checked_checkpoint(self.attest(), self._core.tenant, response)
+        return self._run(self._ops.audit_checkpoint())
 
     def prove_receipt(self, receipt: Receipt) -> Checkpoint:
         """Prove a receipt's record is in the log's current signed tree; return that tree."""
-        response = self._unary(
-            Method.AUDIT_INCLUSION,
-            self._audit.GetInclusionProof,
-            audit_pb2.InclusionProofRequest(leaf_index=receipt.leaf_index),
-            audit_pb2.InclusionProofResponse(),
-        )
-        return checked_inclusion(self.attest(), receipt, response)
+        return self._run(self._ops.prove_receipt(receipt))
 
     def audit_consistency(self, old: Checkpoint) -> Checkpoint:
         """Prove the log only grew since ``old``; return the newer checkpoint."""
-        response = self._unary(
-            Method.AUDIT_CONSISTENCY,
-            self._audit.GetConsistencyProof,
-            audit_pb2.ConsistencyProofRequest(first_size=old.size),
-            audit_pb2.ConsistencyProofResponse(),
-        )
-        return checked_consistency(self.attest(), old, response)
+        return self._run(self._ops.audit_consistency(old))
 
     def export_audit(
         self,
-        out_dir: str | Path,
+        out_dir: str | os.PathLike[str],
         *,
         since: datetime | int | None = None,
         until: datetime | None = None,
@@ -403,135 +309,40 @@ class Client(_Base):
         is a time or a leaf index; an index (say the tree size of an earlier export) exports
         only the records from it on, each with an inclusion proof into the current checkpoint.
         """
-        request = self._export_request(since, until, formats)
-
-        def run(enclave: AttestedEnclave) -> Path:
-            sealed = self._core.seal(enclave, Method.AUDIT_EXPORT_STREAM, request)
-            receiver = ExportReceiver(Path(out_dir))
-            received = 0
-            try:
-                stream = self._audit.ExportAuditStream(sealed.request, timeout=self._timeout)
-                for seq, message in enumerate(stream):
-                    received = seq + 1
-                    part = self._core.open(
-                        enclave,
-                        sealed,
-                        message,
-                        audit_pb2.ExportStreamMessage(),
-                        seq=seq,
-                        stream=True,
-                    )
-                    receiver.add(part, final=message.final)
-                return receiver.finish(enclave)
-            except grpc.RpcError as exc:
-                receiver.abort()
-                raise remote_error(exc, sealed, seq=received) from exc
-            except BaseException:
-                receiver.abort()
-                raise
-
-        return self._sealed(run)
-
-    # -- watermarking -------------------------------------------------------------------
+        return self._run(self._ops.export_audit(out_dir, since, until, formats))
 
     def embed_watermark(
         self,
         model: str,
-        key: str | Path | Mapping[str, Any],
+        key: KeySource,
         dataset: str | DatasetInfo,
         *,
         epochs: int = 30,
     ) -> WatermarkEmbedding:
         """Mark a registered model with the owner's key (``veil watermark keygen`` KEY.json),
         fine-tuning on an uploaded dataset; the result is registered as a new version."""
-        doc = _key_file(key)
-        try:
-            owner = bytes.fromhex(str(doc["owner_private_key"]))
-            secret = json.dumps(doc["watermark"])
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"watermark key file is malformed: {exc}") from exc
-        response = self._unary(
-            Method.EMBED_WATERMARK,
-            self._watermark.EmbedWatermark,
-            watermark_pb2.EmbedWatermarkRequest(
-                model=model,
-                owner_private_key=owner,
-                watermark_key_json=secret,
-                dataset_sha256=dataset.sha256 if isinstance(dataset, DatasetInfo) else dataset,
-                epochs=epochs,
-            ),
-            watermark_pb2.EmbedWatermarkResponse(),
-        )
-        return WatermarkEmbedding(
-            model=ModelInfo.from_proto(response.model),
-            claim_json=response.claim_json,
-            p_value=response.p_value,
-            matches=response.matches,
-            n_bits=response.n_bits,
-            accuracy_before=response.accuracy_before,
-            accuracy_after=response.accuracy_after,
-        )
+        return self._run(self._ops.embed_watermark(model, key, dataset, epochs))
 
     def verify_watermark(
         self,
         model: str,
         claim_json: str,
-        opening: str | Path | Mapping[str, Any],
+        opening: KeySource,
         *,
         threshold: float = 1e-9,
     ) -> WatermarkCheck:
         """Check a claimed watermark on a registered model; the opening reveals the key."""
-        doc = _key_file(opening)
-        response = self._unary(
-            Method.VERIFY_WATERMARK,
-            self._watermark.VerifyWatermark,
-            watermark_pb2.VerifyWatermarkRequest(
-                model=model,
-                claim_json=claim_json,
-                opening_json=json.dumps(doc.get("watermark", doc)),
-                threshold=threshold,
-            ),
-            watermark_pb2.VerifyWatermarkResponse(),
-        )
-        return WatermarkCheck(
-            detected=response.detected,
-            p_value=response.p_value,
-            matches=response.matches,
-            n_bits=response.n_bits,
-            threshold=response.threshold,
-            model_sha256=response.model_sha256,
-            claim_sha256=response.claim_sha256,
-        )
-
-    # -- training -------------------------------------------------------------------------
+        return self._run(self._ops.verify_watermark(model, claim_json, opening, threshold))
 
     def upload_dataset(
-        self, data: ModelSource, *, format: str | None = None, label_column: str = ""
+        self, data: Source, *, format: str | None = None, label_column: str = ""
     ) -> DatasetInfo:
         """Encrypt and stream a dataset (.npz with x and y, CSV or Parquet) to the enclave."""
-        raw = _read_model(data)
-        fmt = self._dataset_format(data, format)
-        info = self._stream_upload(
-            len(raw),
-            "dataset",
-            lambda enclave, progress: self._core.upload_dataset(
-                enclave, raw, fmt, label_column, progress
-            ),
-            self._training.UploadDataset,
-            training_pb2.DatasetInfo(),
-        )
-        return DatasetInfo.from_proto(info)
+        return self._run(self._ops.upload_dataset(data, format, label_column))
 
     def budget(self, dataset: str | DatasetInfo) -> BudgetInfo:
         """The privacy budget of a dataset: what it had, what is spent, what is left."""
-        digest = dataset.sha256 if isinstance(dataset, DatasetInfo) else dataset
-        response = self._unary(
-            Method.GET_BUDGET,
-            self._training.GetBudget,
-            training_pb2.BudgetRequest(dataset_sha256=digest),
-            training_pb2.BudgetResponse(),
-        )
-        return BudgetInfo.from_proto(response)
+        return self._run(self._ops.budget(dataset))
 
     def train(
         self,
@@ -551,8 +362,12 @@ class Client(_Base):
         seed: int = 0,
         spec: Mapping[str, Any] | None = None,
     ) -> TrainingJob:
-        """Start a DP-SGD job on an uploaded dataset; iterate ``job.stream()`` for progress."""
-        request = self._train_request(
+        """Start a DP-SGD job on an uploaded dataset; iterate ``job.stream()`` for progress.
+
+        A refusal for want of budget raises :class:`PrivacyBudgetExceeded` (with what is left)
+        from the job's stream.
+        """
+        request = _train_request(
             dataset,
             model,
             target_epsilon=target_epsilon,
@@ -568,97 +383,62 @@ class Client(_Base):
             seed=seed,
             spec=spec,
         )
-        enclave = self.attest()
-        sealed = self._core.seal(enclave, Method.TRAIN, request)
-        try:
-            stream = self._training.Train(sealed.request, timeout=None)
-        except grpc.RpcError as exc:
-            raise remote_error(exc, sealed) from exc
-        return TrainingJob(self._core, enclave, sealed, stream, progress=self._progress)
-
-
-class TrainingJob:
-    """A running training job: ``stream()`` yields progress and finally the outcome."""
-
-    def __init__(
-        self,
-        core: ClientCore,
-        enclave: AttestedEnclave,
-        call: SealedCall,
-        stream: Iterator[common_pb2.SealedResponse],
-        *,
-        progress: bool,
-    ) -> None:
-        self._core = core
-        self._enclave = enclave
-        self._call = call
-        self._stream = stream
-        self._bar = progress
-        self._outcome: TrainingOutcome | None = None
-
-    def stream(self) -> Iterator[TrainingProgress | TrainingOutcome]:
-        """Progress events in order (each sealed and checked), then the certified outcome."""
-        if self._outcome is not None:
-            yield self._outcome
-            return
-        bar = tqdm(total=None, desc="training", disable=not self._bar, leave=False)
-        received = 0
-        try:
-            for seq, sealed in enumerate(self._stream):
-                received = seq + 1
-                event = self._core.open(
-                    self._enclave,
-                    self._call,
-                    sealed,
-                    training_pb2.TrainEvent(),
-                    seq=seq,
-                    stream=True,
-                )
-                if event.HasField("progress"):
-                    p = event.progress
-                    bar.total = p.total_steps
-                    bar.n = p.step
-                    bar.set_postfix(epsilon=f"{p.epsilon:.3f}", loss=f"{p.loss:.4f}")
-                    yield TrainingProgress(p.epoch, p.step, p.total_steps, p.loss, p.epsilon)
-                    continue
-                if not sealed.final:
-                    raise ProtocolError("training result arrived before the end of the stream")
-                self._outcome = outcome_from_result(event.result, self._enclave)
-                yield self._outcome
-                return
-        except grpc.RpcError as exc:
-            raise remote_error(exc, self._call, seq=received) from exc
-        finally:
-            bar.close()
-        raise ProtocolError("training stream ended without a result")
-
-    def result(self) -> TrainingOutcome:
-        """Wait for the job to finish; return the registered model and its certified record."""
-        for item in self.stream():
-            if isinstance(item, TrainingOutcome):
-                return item
-        raise ProtocolError("training stream ended without a result")
+        start = self._run(self._ops.train(dataset, request))
+        return TrainingJob(self, start)
 
 
 class AsyncClient(_Base):
-    """asyncio client with the same behaviour as :class:`Client`::
+    """asyncio client with the same methods as :class:`Client`, as coroutines::
 
-    async with AsyncClient(target, api_key=key, policy=policy) as client:
+    async with AsyncClient(target, api_key=Path("default.key"), policy=policy) as client:
         out = await client.infer("scorer", {"x": batch})
     """
 
     def _connect(self) -> None:
         if self._tls is not None:
-            self._aio_channel = grpc.aio.secure_channel(
+            self._channel = grpc.aio.secure_channel(
                 self._target, self._tls.credentials(), self._options
             )
         else:
-            self._aio_channel = grpc.aio.insecure_channel(self._target, self._options)
-        self._attestation = attestation_pb2_grpc.AttestationServiceStub(self._aio_channel)
-        self._models = models_pb2_grpc.ModelServiceStub(self._aio_channel)
-        self._inference = inference_pb2_grpc.InferenceServiceStub(self._aio_channel)
-        self._audit = audit_pb2_grpc.AuditServiceStub(self._aio_channel)
-        self._training = training_pb2_grpc.TrainingServiceStub(self._aio_channel)
+            self._channel = grpc.aio.insecure_channel(self._target, self._options)
+        self._methods = _methods(self._channel)
+
+    async def _execute(self, step: Call | Next) -> Any:
+        if isinstance(step, Next):
+            return await anext(step.stream, END)
+        method = self._methods[step.path]
+        request = step.request
+        if step.path in STREAMING_REQUEST:
+            request = _aiter(step.request)
+        if step.path in STREAMING_RESPONSE:
+            return aiter(method(request, timeout=step.timeout))
+        return await method(request, timeout=step.timeout)
+
+    async def _iterate(self, op: Op[Any]) -> AsyncIterator[Any]:
+        """Run ``op``'s steps awaited; yield what it emits, then what it returns."""
+        send: Any = None
+        error: BaseException | None = None
+        try:
+            while not isinstance(step := _advance(op, send, error), StopIteration):
+                send, error = None, None
+                if isinstance(step, Emit):
+                    yield step.item
+                    continue
+                try:
+                    send = await self._execute(step)
+                except BaseException as exc:  # thrown into the operation, which converts it
+                    error = exc
+            yield step.value
+        finally:
+            op.close()
+
+    async def _run(self, op: Op[T]) -> T:
+        results = [item async for item in self._iterate(op)]
+        return cast(T, results[-1])
+
+    async def _unary(self, method: Method, request: Message, response: M) -> M:
+        """A sealed unary call of ``method`` (for tests that send what the SDK would not)."""
+        return await self._run(self._ops.unary(method, request, response))
 
     async def __aenter__(self) -> Self:
         return self
@@ -672,80 +452,24 @@ class AsyncClient(_Base):
         await self.close()
 
     async def close(self) -> None:
-        await self._aio_channel.close()
+        """Close the channel."""
+        await self._channel.close()
 
     async def attest(self, *, force: bool = False) -> AttestedEnclave:
-        if not force and (cached := self._core.cached()) is not None:
-            return cached
-        challenge = self._core.challenge()
-        try:
-            evidence = await self._attestation.GetAttestation(
-                challenge.request(), timeout=self._timeout
-            )
-        except grpc.RpcError as exc:
-            raise remote_error(exc) from exc
-        return self._core.accept(challenge, evidence)
+        """Verify the enclave (or return the cached, unexpired verdict). Raises on failure."""
+        return await self._run(self._ops.attest(force=force))
 
-    async def _sealed(self, call: Callable[[AttestedEnclave], Awaitable[T]]) -> T:
-        try:
-            return await call(await self.attest())
-        except RemoteError as exc:
-            if exc.reason != "key-rotated":
-                raise
-            self._core.invalidate()
-            return await call(await self.attest(force=True))
-
-    async def _unary(
-        self, method: Method, stub: Callable[..., Any], request: Message, response: M
-    ) -> M:
-        async def run(enclave: AttestedEnclave) -> M:
-            sealed: SealedCall = self._core.seal(enclave, method, request)
-            try:
-                answer = await stub(sealed.request, timeout=self._timeout)
-            except grpc.RpcError as exc:
-                raise remote_error(exc, sealed) from exc
-            return self._core.open(enclave, sealed, answer, type(response)())
-
-        return await self._sealed(run)
-
-    async def upload_model(self, model: ModelSource, name: str) -> ModelInfo:
-        data = _read_model(model)
-
-        async def run(enclave: AttestedEnclave) -> ModelInfo:
-            with self._bar(len(data), name) as bar:
-                sealed, messages = self._core.upload(enclave, data, name, bar.update)
-
-                async def stream() -> AsyncIterator[models_pb2.UploadMessage]:
-                    for message in messages:
-                        yield message
-
-                try:
-                    answer = await self._models.UploadModel(stream(), timeout=self._timeout)
-                except grpc.RpcError as exc:
-                    raise remote_error(exc, sealed) from exc
-            return ModelInfo.from_proto(
-                self._core.open(enclave, sealed, answer, models_pb2.ModelInfo())
-            )
-
-        return await self._sealed(run)
+    async def upload_model(self, model: Source, name: str) -> ModelInfo:
+        """Encrypt and stream an ONNX model (bytes or a file) to the enclave; return its version."""
+        return await self._run(self._ops.upload_model(model, name))
 
     async def list_models(self) -> list[ModelInfo]:
-        response = await self._unary(
-            Method.LIST_MODELS,
-            self._models.ListModels,
-            models_pb2.ListModelsRequest(),
-            models_pb2.ListModelsResponse(),
-        )
-        return ClientCore.model_infos(response)
+        """This tenant's registered models, every version."""
+        return await self._run(self._ops.list_models())
 
     async def delete_model(self, model: str) -> list[ModelInfo]:
-        response = await self._unary(
-            Method.DELETE_MODEL,
-            self._models.DeleteModel,
-            models_pb2.DeleteModelRequest(model=model),
-            models_pb2.ListModelsResponse(),
-        )
-        return ClientCore.model_infos(response)
+        """Delete ``name@version``, or every version of ``name``; return what was deleted."""
+        return await self._run(self._ops.delete_model(model))
 
     async def infer(
         self,
@@ -754,63 +478,173 @@ class AsyncClient(_Base):
         *,
         output_names: Sequence[str] | None = None,
     ) -> dict[str, npt.NDArray[np.generic]]:
-        request = ClientCore.infer_request(model, inputs, output_names)
-        response = await self._unary(
-            Method.INFER, self._inference.Infer, request, inference_pb2.InferResponse()
-        )
-        return ClientCore.infer_result(response)
+        """Run ``model`` (``name`` or ``name@version``) on ``inputs``; sealed both ways."""
+        return await self._run(self._ops.infer(model, inputs, output_names))
 
     async def audit_checkpoint(self) -> Checkpoint:
-        response = await self._unary(
-            Method.AUDIT_CHECKPOINT,
-            self._audit.GetCheckpoint,
-            audit_pb2.CheckpointRequest(),
-            audit_pb2.CheckpointResponse(),
-        )
-        return checked_checkpoint(await self.attest(), self._core.tenant, response)
+        """This tenant's latest checkpoint, verified under the attested log key."""
+        return await self._run(self._ops.audit_checkpoint())
 
     async def prove_receipt(self, receipt: Receipt) -> Checkpoint:
-        response = await self._unary(
-            Method.AUDIT_INCLUSION,
-            self._audit.GetInclusionProof,
-            audit_pb2.InclusionProofRequest(leaf_index=receipt.leaf_index),
-            audit_pb2.InclusionProofResponse(),
-        )
-        return checked_inclusion(await self.attest(), receipt, response)
+        """Prove a receipt's record is in the log's current signed tree; return that tree."""
+        return await self._run(self._ops.prove_receipt(receipt))
+
+    async def audit_consistency(self, old: Checkpoint) -> Checkpoint:
+        """Prove the log only grew since ``old``; return the newer checkpoint."""
+        return await self._run(self._ops.audit_consistency(old))
 
     async def export_audit(
         self,
-        out_dir: str | Path,
+        out_dir: str | os.PathLike[str],
         *,
         since: datetime | int | None = None,
         until: datetime | None = None,
         formats: Sequence[str] = (),
     ) -> Path:
-        request = self._export_request(since, until, formats)
+        """Export this tenant's log to ``out_dir`` with the evidence that binds its key.
 
-        async def run(enclave: AttestedEnclave) -> Path:
-            sealed = self._core.seal(enclave, Method.AUDIT_EXPORT_STREAM, request)
-            receiver = ExportReceiver(Path(out_dir))
-            seq = 0
-            try:
-                stream = self._audit.ExportAuditStream(sealed.request, timeout=self._timeout)
-                async for message in stream:
-                    part = self._core.open(
-                        enclave,
-                        sealed,
-                        message,
-                        audit_pb2.ExportStreamMessage(),
-                        seq=seq,
-                        stream=True,
-                    )
-                    seq += 1
-                    receiver.add(part, final=message.final)
-                return receiver.finish(enclave)
-            except grpc.RpcError as exc:
-                receiver.abort()
-                raise remote_error(exc, sealed, seq=seq) from exc
-            except BaseException:
-                receiver.abort()
-                raise
+        Streamed (``ExportAuditStream``): any size, files written as chunks arrive. ``since``
+        is a time or a leaf index; an index (say the tree size of an earlier export) exports
+        only the records from it on, each with an inclusion proof into the current checkpoint.
+        """
+        return await self._run(self._ops.export_audit(out_dir, since, until, formats))
 
-        return await self._sealed(run)
+    async def embed_watermark(
+        self,
+        model: str,
+        key: KeySource,
+        dataset: str | DatasetInfo,
+        *,
+        epochs: int = 30,
+    ) -> WatermarkEmbedding:
+        """Mark a registered model with the owner's key (``veil watermark keygen`` KEY.json),
+        fine-tuning on an uploaded dataset; the result is registered as a new version."""
+        return await self._run(self._ops.embed_watermark(model, key, dataset, epochs))
+
+    async def verify_watermark(
+        self,
+        model: str,
+        claim_json: str,
+        opening: KeySource,
+        *,
+        threshold: float = 1e-9,
+    ) -> WatermarkCheck:
+        """Check a claimed watermark on a registered model; the opening reveals the key."""
+        return await self._run(self._ops.verify_watermark(model, claim_json, opening, threshold))
+
+    async def upload_dataset(
+        self, data: Source, *, format: str | None = None, label_column: str = ""
+    ) -> DatasetInfo:
+        """Encrypt and stream a dataset (.npz with x and y, CSV or Parquet) to the enclave."""
+        return await self._run(self._ops.upload_dataset(data, format, label_column))
+
+    async def budget(self, dataset: str | DatasetInfo) -> BudgetInfo:
+        """The privacy budget of a dataset: what it had, what is spent, what is left."""
+        return await self._run(self._ops.budget(dataset))
+
+    async def train(
+        self,
+        dataset: str | DatasetInfo,
+        model: str = "mlp",
+        *,
+        target_epsilon: float,
+        delta: float = 1e-6,
+        max_grad_norm: float = 1.0,
+        epochs: int = 5,
+        batch_size: int = 64,
+        learning_rate: float = 0.5,
+        name: str = "trained",
+        accountant: str = "prv",
+        optimizer: str = "sgd",
+        noise: str = "secure",
+        seed: int = 0,
+        spec: Mapping[str, Any] | None = None,
+    ) -> AsyncTrainingJob:
+        """Start a DP-SGD job on an uploaded dataset; iterate ``job.stream()`` for progress.
+
+        A refusal for want of budget raises :class:`PrivacyBudgetExceeded` (with what is left)
+        from the job's stream.
+        """
+        request = _train_request(
+            dataset,
+            model,
+            target_epsilon=target_epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            name=name,
+            accountant=accountant,
+            optimizer=optimizer,
+            noise=noise,
+            seed=seed,
+            spec=spec,
+        )
+        start = await self._run(self._ops.train(dataset, request))
+        return AsyncTrainingJob(self, start)
+
+
+class TrainingJob:
+    """A running training job: ``stream()`` yields progress and finally the outcome."""
+
+    def __init__(self, client: Client, start: TrainingStart) -> None:
+        self._events = client._iterate(client._ops.training_events(start))
+        self._outcome: TrainingOutcome | None = None
+
+    def __repr__(self) -> str:
+        return f"TrainingJob(done={self._outcome is not None})"
+
+    def stream(self) -> Iterator[TrainingProgress | TrainingOutcome]:
+        """Progress events in order (each sealed and checked), then the certified outcome."""
+        if self._outcome is not None:
+            yield self._outcome
+            return
+        for item in self._events:
+            if isinstance(item, TrainingOutcome):
+                self._outcome = item
+            yield item
+
+    def result(self) -> TrainingOutcome:
+        """Wait for the job to finish; return the registered model and its certified record."""
+        for item in self.stream():
+            if isinstance(item, TrainingOutcome):
+                return item
+        raise ProtocolError(
+            "training stream ended without a result", reason=ProtocolFailure.OUT_OF_ORDER
+        )
+
+
+class AsyncTrainingJob:
+    """A running training job of an :class:`AsyncClient`: the same methods, awaited."""
+
+    def __init__(self, client: AsyncClient, start: TrainingStart) -> None:
+        self._events = client._iterate(client._ops.training_events(start))
+        self._outcome: TrainingOutcome | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncTrainingJob(done={self._outcome is not None})"
+
+    async def stream(self) -> AsyncIterator[TrainingProgress | TrainingOutcome]:
+        """Progress events in order (each sealed and checked), then the certified outcome."""
+        if self._outcome is not None:
+            yield self._outcome
+            return
+        async for item in self._events:
+            if isinstance(item, TrainingOutcome):
+                self._outcome = item
+            yield item
+
+    async def result(self) -> TrainingOutcome:
+        """Wait for the job to finish; return the registered model and its certified record."""
+        async for item in self.stream():
+            if isinstance(item, TrainingOutcome):
+                return item
+        raise ProtocolError(
+            "training stream ended without a result", reason=ProtocolFailure.OUT_OF_ORDER
+        )
+
+
+async def _aiter(messages: Iterator[T]) -> AsyncIterator[T]:
+    for message in messages:
+        yield message

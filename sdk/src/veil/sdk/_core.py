@@ -22,7 +22,15 @@ from google.protobuf.message import DecodeError, Message
 from veil.sdk._models import ModelInfo
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.audit._receipt import Receipt, verify_receipt
-from veil.sdk.errors import AuditLogError, DecryptionError, ProtocolError, RemoteError
+from veil.sdk.errors import (
+    AuditFailure,
+    AuditLogError,
+    ConfigError,
+    ConfigFailure,
+    DecryptionError,
+    ProtocolError,
+    RemoteError,
+)
 from veil.sdk.evidence import AttestedEnclave, Evidence, to_ms, verify_enclave
 from veil.sdk.protocol import MODEL_KEY_LEN, NONCE_LEN, Method, Suite
 from veil.sdk.sealing import (
@@ -193,7 +201,9 @@ class ClientCore:
         log_key = enclave.log_verifier
         if log_key is not None:
             if not opened.receipt:
-                raise AuditLogError("enclave answered without an audit receipt")
+                raise AuditLogError(
+                    "enclave answered without an audit receipt", reason=AuditFailure.MISSING
+                )
             receipt = verify_receipt(
                 opened.receipt,
                 log_key,
@@ -283,11 +293,18 @@ class ClientCore:
         model: str, inputs: Mapping[str, npt.ArrayLike], output_names: Sequence[str] | None
     ) -> inference_pb2.InferRequest:
         if not inputs:
-            raise ValueError("inputs must name at least one tensor")
+            raise ConfigError(
+                "inputs must name at least one tensor", reason=ConfigFailure.MISSING_VALUE
+            )
+        tensors = {}
+        for name, value in inputs.items():
+            try:
+                array = np.asarray(value)
+            except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot hold
+                raise ConfigError(f"input {name!r} is not an array: {exc}") from exc
+            tensors[name] = to_proto(array)
         return inference_pb2.InferRequest(
-            model=model,
-            inputs={name: to_proto(np.asarray(a)) for name, a in inputs.items()},
-            output_names=list(output_names or ()),
+            model=model, inputs=tensors, output_names=list(output_names or ())
         )
 
     @staticmethod

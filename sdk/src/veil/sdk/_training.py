@@ -11,15 +11,17 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from veil.sdk._models import ModelInfo
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.audit import SignedNote
-from veil.sdk.errors import AuditLogError, ProtocolError
+from veil.sdk.errors import AuditFailure, AuditLogError, ProtocolError
 from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
 from veil.v1 import attestation_pb2, training_pb2
 
@@ -44,6 +46,9 @@ REQUIRED_KEYS = (
     "accountant",
     "max_grad_norm",
     "dataset_sha256",
+    "feature_min",
+    "feature_max",
+    "device",
     "model_sha256",
     "code_measurement",
 )
@@ -72,11 +77,33 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class BudgetInfo:
+    """A dataset's privacy budget: what it had, what is spent, what is left, of epsilon and delta.
+
+    A job is charged both its epsilon and its delta, and is refused when either would pass its
+    budget. ``limited_by`` names the scarcer one (the smaller share left of its budget), and
+    ``allows(epsilon=, delta=)`` says whether a job of that size still fits.
+    """
+
     epsilon_budget: float
     epsilon_spent: float
     epsilon_remaining: float
     delta_budget: float
     delta_spent: float
+
+    @property
+    def delta_remaining(self) -> float:
+        return max(0.0, self.delta_budget - self.delta_spent)
+
+    @property
+    def limited_by(self) -> str:
+        """``"epsilon"`` or ``"delta"``: the budget of which the smaller share is left."""
+        eps_share = self.epsilon_remaining / self.epsilon_budget if self.epsilon_budget else 0.0
+        delta_share = self.delta_remaining / self.delta_budget if self.delta_budget else 0.0
+        return "delta" if delta_share < eps_share else "epsilon"
+
+    def allows(self, *, epsilon: float, delta: float) -> bool:
+        """Whether a job charged ``epsilon`` and ``delta`` fits in what is left."""
+        return epsilon <= self.epsilon_remaining and delta <= self.delta_remaining
 
     @classmethod
     def from_proto(cls, msg: training_pb2.BudgetResponse) -> BudgetInfo:
@@ -110,9 +137,15 @@ class TrainingOutcome:
 
     model: ModelInfo
     record: Mapping[str, Any]
-    certificate: str
-    evidence: Evidence
-    nonce: bytes
+    certificate: str = field(repr=False)
+    evidence: Evidence = field(repr=False)
+    nonce: bytes = field(repr=False)
+
+    def __repr__(self) -> str:  # short: never the evidence bytes or the certificate
+        return (
+            f"TrainingOutcome(model={self.model.ref!r}, epsilon={self.record.get('epsilon')}, "
+            f"delta={self.record.get('delta')}, model_sha256={self.model.sha256[:16]}…)"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The self-contained record ``veil train verify`` checks offline."""
@@ -153,7 +186,10 @@ def outcome_from_result(
     note, record = _record_from_note(result.certificate)
     note.verify(key)
     if record["code_measurement"] != enclave.measurement:
-        raise AuditLogError("certificate names a code measurement other than the attested one")
+        raise AuditLogError(
+            "certificate names a code measurement other than the attested one",
+            reason=AuditFailure.MISMATCH,
+        )
     if record["model_sha256"] != result.model.sha256:
         raise ProtocolError("training certificate names another model than was registered")
     return TrainingOutcome(
@@ -191,7 +227,10 @@ def verify_training_record(
         certificate = doc["certificate"]
     except (KeyError, TypeError, ValueError) as exc:
         raise AuditLogError(f"training record is missing or has a malformed {exc}") from exc
-    evidence = Evidence.from_proto(attestation_pb2.AttestationEvidence.FromString(raw))
+    try:
+        evidence = Evidence.from_proto(attestation_pb2.AttestationEvidence.FromString(raw))
+    except DecodeError as exc:
+        raise AuditLogError("training record's attestation evidence does not parse") from exc
     enclave = verify_enclave(evidence, nonce=nonce, policy=policy, now=now, require_unexpired=False)
     key = enclave.log_verifier
     if key is None:
@@ -201,9 +240,15 @@ def verify_training_record(
     shown = {k: v for k, v in doc.items() if k not in {"certificate", "attestation"}}
     if shown != record:
         changed = sorted(k for k in set(shown) | set(record) if shown.get(k) != record.get(k))
-        raise AuditLogError(f"training record differs from its certificate in {changed}")
+        raise AuditLogError(
+            f"training record differs from its certificate in {changed}",
+            reason=AuditFailure.MISMATCH,
+        )
     if record["code_measurement"] != enclave.measurement:
-        raise AuditLogError("certificate names a code measurement the evidence does not show")
+        raise AuditLogError(
+            "certificate names a code measurement the evidence does not show",
+            reason=AuditFailure.MISMATCH,
+        )
     return VerifiedTrainingRecord(
         record=MappingProxyType(record),
         measurement=enclave.measurement,

@@ -17,7 +17,13 @@ from veil.sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, ve
 from veil.sdk.attestation.nvidia import SpdmEvidence, verify_rim
 from veil.sdk.attestation.tdx import TdxCollateral, VerifiedTdxQuote, verify_tdx_quote
 from veil.sdk.audit._note import Verifier
-from veil.sdk.errors import AttestationError, AttestationFailure, AuditLogError, ProtocolError
+from veil.sdk.errors import (
+    AttestationError,
+    AttestationFailure,
+    AuditLogError,
+    ConfigError,
+    ProtocolError,
+)
 from veil.sdk.protocol import (
     NONCE_LEN,
     PROTOCOL_VERSION,
@@ -167,7 +173,8 @@ class AttestedEnclave:
 
     @property
     def insecure_root(self) -> bool:
-        return isinstance(self.report, VerifiedSnpReport) and self.report.insecure_root
+        """Whether the hardware report verified under a test root (SNP or TDX), not a vendor's."""
+        return self.report.insecure_root
 
     @property
     def key_id(self) -> str:
@@ -211,7 +218,7 @@ def verify_enclave(
     its binding must still verify, but the key epoch may have ended since.
     """
     if len(nonce) != NONCE_LEN:
-        raise ValueError(f"nonce must be {NONCE_LEN} bytes")
+        raise ConfigError(f"nonce must be {NONCE_LEN} bytes, not {len(nonce)}")
     digest = claims_digest(evidence.claims)
     bound = report_data_for(nonce, digest)
     verified: VerifiedSnpReport | VerifiedTdxQuote

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
-from veil.sdk.errors import DecryptionError, ProtocolError
+from veil.sdk.errors import DecryptionError, ProtocolError, RemoteReason
 from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.protocol import (
     MODEL_KEY_LEN,
@@ -61,25 +61,25 @@ MAX_ERROR_MESSAGE_BYTES = 1024
 
 # The fixed clear status message for each ``veil-reason`` (docs/PROTOCOL.md, section 7): all a
 # host sees of a failure after the request opened. The detail travels sealed.
-CLEAR_MESSAGES: Mapping[str, str] = MappingProxyType(
+CLEAR_MESSAGES: Mapping[RemoteReason, str] = MappingProxyType(
     {
-        "unauthenticated": "invalid API key or unknown tenant",
-        "not-found": "not found",
-        "too-large": "too large",
-        "timeout": "timeout",
-        "memory-limit": "memory limit exceeded",
-        "overloaded": "overloaded",
-        "storage-full": "storage full",
-        "budget-exhausted": "privacy budget exhausted",
-        "key-rotated": "sealed to a key the enclave no longer holds: re-attest",
-        "stale-request": "request outside the time window",
-        "replay": "request id was already used",
-        "undecryptable": "sealed message could not be opened",
-        "invalid-input": "invalid input",
-        "malformed": "malformed request",
-        "attestation": "attestation failed",
-        "audit-unavailable": "audit log unavailable",
-        "internal": "internal error",
+        RemoteReason.UNAUTHENTICATED: "invalid API key or unknown tenant",
+        RemoteReason.NOT_FOUND: "not found",
+        RemoteReason.TOO_LARGE: "too large",
+        RemoteReason.TIMEOUT: "timeout",
+        RemoteReason.MEMORY_LIMIT: "memory limit exceeded",
+        RemoteReason.OVERLOADED: "overloaded",
+        RemoteReason.STORAGE_FULL: "storage full",
+        RemoteReason.BUDGET_EXHAUSTED: "privacy budget exhausted",
+        RemoteReason.KEY_ROTATED: "sealed to a key the enclave no longer holds: re-attest",
+        RemoteReason.STALE_REQUEST: "request outside the time window",
+        RemoteReason.REPLAY: "request id was already used",
+        RemoteReason.UNDECRYPTABLE: "sealed message could not be opened",
+        RemoteReason.INVALID_INPUT: "invalid input",
+        RemoteReason.MALFORMED: "malformed request",
+        RemoteReason.ATTESTATION: "attestation failed",
+        RemoteReason.AUDIT_UNAVAILABLE: "audit log unavailable",
+        RemoteReason.INTERNAL: "internal error",
     }
 )
 
@@ -161,7 +161,7 @@ def seal_response(
 
 def clear_message(reason: str) -> str:
     """The fixed clear message for ``reason`` ("error" for a reason this version does not know)."""
-    return CLEAR_MESSAGES.get(reason, "error")
+    return CLEAR_MESSAGES.get(RemoteReason.parse(reason), "error")
 
 
 def bounded_message(message: str, limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
@@ -269,7 +269,7 @@ def encrypt_chunk(
 ) -> bytes:
     """Encrypt one upload chunk; its AAD carries the sequence number and the final flag."""
     if len(model_key) != MODEL_KEY_LEN:
-        raise ValueError("model key must be 32 bytes")
+        raise ProtocolError(f"model key must be {MODEL_KEY_LEN} bytes, not {len(model_key)}")
     return AESGCM(model_key).encrypt(
         chunk_nonce(seq), data, chunk_aad(request_id=request_id, seq=seq, final=final)
     )

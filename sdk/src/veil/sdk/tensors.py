@@ -7,7 +7,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from veil.sdk.errors import ProtocolError
+from veil.sdk.errors import ProtocolError, ProtocolFailure
 from veil.v1 import common_pb2
 
 __all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "to_proto"]
@@ -40,7 +40,9 @@ def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
     """Encode an array; refuses object, string and other non-numeric dtypes."""
     arr = np.asarray(array)
     if arr.dtype.name not in ALLOWED_DTYPES:
-        raise ProtocolError(f"dtype {arr.dtype} cannot travel as a tensor")
+        raise ProtocolError(
+            f"dtype {arr.dtype} cannot travel as a tensor", reason=ProtocolFailure.UNSUPPORTED
+        )
     little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     return common_pb2.Tensor(
         dtype=arr.dtype.name, shape=list(arr.shape), data=np.ascontiguousarray(little).tobytes()

@@ -24,12 +24,18 @@ from veil.watermark._keys import MAX_BITS, MIN_BITS, WatermarkKey
 from veil.watermark._locate import LayerLocator
 from veil.watermark._trigger import TriggerParams
 
-__all__ = ["PROJECTION_SCHEME", "ProjectionParams", "WatermarkClaim", "canonical_json"]
+__all__ = [
+    "PROJECTION_SCHEME",
+    "EmbeddingReport",
+    "ProjectionParams",
+    "WatermarkClaim",
+    "canonical_json",
+]
 
 CLAIM_VERSION = "veil-wm-claim-v1"
 PROJECTION_SCHEME = "veil-wm-proj-v1"
 _SIGN_DOMAIN = b"veil-wm-claim-sig-v1\x00"
-_REDUCTIONS = ("centered", "channel_mean")
+_REDUCTIONS = ("centered", "channel_mean", "unit_gram")
 
 
 def canonical_json(data: object) -> bytes:
@@ -61,6 +67,10 @@ class ProjectionParams:
     ``centered``: the whole weight, minus its mean over output units, flattened (the default;
     removing the component that independently trained models share keeps the null exact).
     ``channel_mean``: the mean over output channels, as in Uchida et al. (conv layers only).
+    ``unit_gram``: the Gram matrix of the layer's output units, each normalised to unit length,
+    above its diagonal, minus its mean: invariant to permuting, rescaling or negating output
+    units (and so to BatchNorm fused into the layer) and continuous (int8 rounding moves it
+    little). Input-side rewrites are not removed: use it on a layer that reads the model input.
     """
 
     reduce: str
@@ -92,6 +102,58 @@ class ProjectionParams:
 
 
 @dataclass(frozen=True)
+class EmbeddingReport:
+    """What the embedder measured on the owner's held-out rows (counts: the claim has no floats).
+
+    ``holdout_rows`` rows of the owner's data were kept out of the fine-tune; the unmarked model
+    classified ``correct_before`` of them correctly, the marked one ``correct_after``.
+    """
+
+    holdout_rows: int
+    correct_before: int
+    correct_after: int
+
+    def __post_init__(self) -> None:
+        if self.holdout_rows <= 0:
+            raise WatermarkError(f"held-out row count {self.holdout_rows} is not positive")
+        for count in (self.correct_before, self.correct_after):
+            if not 0 <= count <= self.holdout_rows:
+                raise WatermarkError(f"correct count {count} is outside [0, {self.holdout_rows}]")
+
+    @property
+    def accuracy_before(self) -> float:
+        return self.correct_before / self.holdout_rows
+
+    @property
+    def accuracy_after(self) -> float:
+        return self.correct_after / self.holdout_rows
+
+    @property
+    def drop_points(self) -> float:
+        """Accuracy lost to the mark, in percentage points (negative: it gained)."""
+        return 100.0 * (self.correct_before - self.correct_after) / self.holdout_rows
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "holdout_rows": self.holdout_rows,
+            "correct_before": self.correct_before,
+            "correct_after": self.correct_after,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> EmbeddingReport:
+        if not isinstance(data, dict):
+            raise WatermarkError("embedding report must be a JSON object")
+        try:
+            values = [data[k] for k in ("holdout_rows", "correct_before", "correct_after")]
+        except KeyError as exc:
+            raise WatermarkError(f"embedding report lacks field {exc}") from exc
+        if not all(type(v) is int for v in values):
+            raise WatermarkError("embedding report counts must be integers")
+        return cls(*values)
+
+
+@dataclass(frozen=True)
 class WatermarkClaim:
     """A signed, secret-free statement of ownership (see module docstring)."""
 
@@ -103,6 +165,8 @@ class WatermarkClaim:
     trigger: TriggerParams | None
     created_at: datetime
     signature: bytes
+    embedding: EmbeddingReport | None = None
+    """Held-out accuracy before and after embedding (absent from claims made without one)."""
 
     @classmethod
     def create(
@@ -115,6 +179,7 @@ class WatermarkClaim:
         projection: ProjectionParams,
         trigger: TriggerParams | None,
         now: datetime,
+        embedding: EmbeddingReport | None = None,
     ) -> WatermarkClaim:
         """Build and sign a claim with the owner's Ed25519 key."""
         if not MIN_BITS <= n_bits <= MAX_BITS:
@@ -128,12 +193,13 @@ class WatermarkClaim:
             trigger=trigger,
             created_at=parse_time(format_time(now)),
             signature=b"",
+            embedding=embedding,
         )
         signature = owner_key.sign(_SIGN_DOMAIN + canonical_json(unsigned._payload()))
         return cls(**{**unsigned.__dict__, "signature": signature})
 
     def _payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "version": CLAIM_VERSION,
             "owner_public_key": self.owner_public_key.hex(),
             "commitment": self.commitment.hex(),
@@ -143,6 +209,9 @@ class WatermarkClaim:
             "trigger": None if self.trigger is None else self.trigger.to_dict(),
             "created_at": format_time(self.created_at),
         }
+        if self.embedding is not None:  # only when present: older claims keep their signature
+            payload["embedding"] = self.embedding.to_dict()
+        return payload
 
     def verify_signature(self) -> None:
         """Raise :class:`WatermarkError` unless the owner's key signed exactly these fields."""
@@ -176,6 +245,7 @@ class WatermarkClaim:
             commitment = bytes.fromhex(str(data["commitment"]))
             signature = bytes.fromhex(str(data["signature"]))
             raw_trigger = data["trigger"]
+            raw_embedding = data.get("embedding")
             claim = cls(
                 owner_public_key=owner,
                 commitment=commitment,
@@ -185,6 +255,9 @@ class WatermarkClaim:
                 trigger=None if raw_trigger is None else TriggerParams.from_dict(raw_trigger),
                 created_at=parse_time(data["created_at"]),
                 signature=signature,
+                embedding=None
+                if raw_embedding is None
+                else EmbeddingReport.from_dict(raw_embedding),
             )
         except KeyError as exc:
             raise WatermarkError(f"claim lacks field {exc}") from exc

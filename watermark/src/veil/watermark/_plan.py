@@ -11,7 +11,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from veil.sdk.errors import WatermarkError
-from veil.watermark._claim import ProjectionParams, WatermarkClaim
+from veil.watermark._claim import EmbeddingReport, ProjectionParams, WatermarkClaim
 from veil.watermark._keys import WatermarkKey, derive_projection, message_bits
 from veil.watermark._locate import LayerLocator
 from veil.watermark._trigger import TriggerParams
@@ -43,11 +43,20 @@ class WatermarkPlan:
         message_bits(self.owner_public_key, self.n_bits)  # validates bit count and key length
         if self.reduce == "channel_mean" and self.layer.kind != "conv":
             raise WatermarkError("channel_mean reduction applies to conv layers only")
+        if self.reduce == "unit_gram" and self.projection_params.dim < self.n_bits:
+            raise WatermarkError(
+                f"unit_gram on {self.layer.describe()} gives {self.projection_params.dim} "
+                f"values, fewer than {self.n_bits} bits"
+            )
 
     @property
     def projection_params(self) -> ProjectionParams:
         shape = self.layer.weight_shape
-        dim = prod(shape) if self.reduce == "centered" else prod(shape[1:])
+        if self.reduce == "unit_gram":
+            fan_in = prod(shape[1:])
+            dim = fan_in * (fan_in - 1) // 2
+        else:
+            dim = prod(shape) if self.reduce == "centered" else prod(shape[1:])
         return ProjectionParams(reduce=self.reduce, dim=dim)
 
     def projection(self) -> npt.NDArray[np.float64]:
@@ -57,7 +66,12 @@ class WatermarkPlan:
         return message_bits(self.owner_public_key, self.n_bits)
 
     def claim(
-        self, owner_key: Ed25519PrivateKey, *, trigger: TriggerParams | None, now: datetime
+        self,
+        owner_key: Ed25519PrivateKey,
+        *,
+        trigger: TriggerParams | None,
+        now: datetime,
+        embedding: EmbeddingReport | None = None,
     ) -> WatermarkClaim:
         """Sign the claim for this plan with the owner's key (which must match the plan)."""
         claim = WatermarkClaim.create(
@@ -68,6 +82,7 @@ class WatermarkPlan:
             projection=self.projection_params,
             trigger=trigger,
             now=now,
+            embedding=embedding,
         )
         if claim.owner_public_key != self.owner_public_key:
             raise WatermarkError("signing key does not belong to the plan's owner")

@@ -82,6 +82,13 @@ def reduce_weight(weight: npt.NDArray[np.float64], reduce: str) -> npt.NDArray[n
     if reduce == "channel_mean":
         mean: npt.NDArray[np.float64] = weight.mean(axis=0).reshape(-1)
         return mean
+    if reduce == "unit_gram":
+        rows = weight.reshape(weight.shape[0], -1)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit = rows / np.maximum(norms, 1e-12)
+        upper = (unit.T @ unit)[np.triu_indices(rows.shape[1], k=1)]
+        gram: npt.NDArray[np.float64] = upper - upper.mean()
+        return gram
     raise WatermarkError(f"unknown reduction {reduce!r}")
 
 

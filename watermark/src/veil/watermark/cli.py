@@ -12,7 +12,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from veil.sdk.errors import VeilError, WatermarkError
 
@@ -33,10 +33,19 @@ class _UsageError(Exception):
     pass
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line on stderr and exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
 def register(subparsers: Any) -> None:
     """Add ``watermark`` and its subcommands to the ``veil`` parser."""
     parser = subparsers.add_parser("watermark", help="embed and verify model watermarks")
-    sub = parser.add_subparsers(dest="watermark_command", required=True)
+    sub = parser.add_subparsers(
+        dest="watermark_command", required=True, parser_class=_OneLineParser
+    )
 
     keygen = sub.add_parser("keygen", help="create an owner signing key and a watermark key")
     keygen.add_argument("--out", required=True, type=Path, help="KEY.json to write (secret)")
@@ -51,6 +60,17 @@ def register(subparsers: Any) -> None:
     embed.add_argument("--bits", type=int, default=128)
     embed.add_argument("--epochs", type=int, default=30)
     embed.add_argument("--trigger-count", type=int, default=32)
+    embed.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="fraction of the data kept out of the fine-tune to measure the accuracy cost",
+    )
+    embed.add_argument(
+        "--holdout-data",
+        type=Path,
+        help=".npz (x, y) of rows the model never trained on, to measure the cost instead",
+    )
     embed.set_defaults(func=_embed)
 
     reveal = sub.add_parser("reveal", help="write the commitment opening (no signing key)")
@@ -62,7 +82,11 @@ def register(subparsers: Any) -> None:
     check.add_argument("--model", required=True, type=Path)
     check.add_argument("--claim", required=True, type=Path)
     check.add_argument(
-        "--opening", type=Path, help="OPENING.json from 'reveal' (or the owner's KEY.json)"
+        "--opening",
+        required=True,
+        type=Path,
+        help="required: OPENING.json from 'reveal' (or the owner's KEY.json); it opens the "
+        "claim's commitment",
     )
     check.add_argument("--json", action="store_true", help="print the verdict as JSON")
     check.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
@@ -194,6 +218,10 @@ def _embed(args: argparse.Namespace) -> int:
             model = args.model.read_bytes()
             with np.load(args.data) as data:
                 x, y = data["x"], data["y"]
+            held_out = None
+            if args.holdout_data is not None:
+                with np.load(args.holdout_data) as data:
+                    held_out = (data["x"], data["y"])
         except (OSError, KeyError, ValueError) as exc:
             raise _UsageError(f"cannot read model or data: {exc}") from exc
         result = embed_onnx(
@@ -206,6 +234,8 @@ def _embed(args: argparse.Namespace) -> int:
             n_bits=args.bits,
             epochs=args.epochs,
             trigger_count=args.trigger_count,
+            holdout=args.holdout,
+            holdout_data=held_out,
         )
         _write(args.out, result.model)
         _write(args.claim_out, result.claim.to_json())
@@ -214,6 +244,13 @@ def _embed(args: argparse.Namespace) -> int:
             f"{result.verdict.n_bits} bits, p = {result.verdict.p_value:.3g}; accuracy on the "
             f"owner's data {result.accuracy_before:.4f} -> {result.accuracy_after:.4f}"
         )
+        report = result.claim.embedding
+        if report is not None:
+            print(
+                f"held-out rows ({report.holdout_rows}, not fine-tuned on): accuracy "
+                f"{report.accuracy_before:.4f} -> {report.accuracy_after:.4f} "
+                f"(drop {report.drop_points:+.2f} points, in the claim)"
+            )
         return 0
 
     return _run(args, body)
@@ -225,8 +262,6 @@ def _verify(args: argparse.Namespace) -> int:
         from veil.watermark._report import VerificationReport
         from veil.watermark._verify import onnx_predictor, verify, verify_trigger
 
-        if args.opening is None:
-            raise _UsageError("--opening is required: the claim's commitment must be opened")
         if (args.report_out or args.html_out) and args.report_key is None:
             raise _UsageError("--report-out/--html-out need --report-key to sign the report")
         if not 0 < args.threshold < 1:

@@ -13,7 +13,7 @@ from veil.sdk.attestation._roots import TrustRoot, amd_roots
 from veil.sdk.attestation.nvidia import RevocationSource, RimStore
 from veil.sdk.attestation.snp_report import TcbVersion
 from veil.sdk.attestation.tdx import TdxPolicy
-from veil.sdk.errors import ConfigError
+from veil.sdk.errors import ConfigError, ConfigFailure
 
 __all__ = ["AttestationPolicy", "GpuRequirement"]
 
@@ -34,11 +34,28 @@ class GpuRequirement:
 def _measurements(values: Iterable[bytes | str]) -> frozenset[bytes]:
     out = set()
     for v in values:
-        raw = bytes.fromhex(v) if isinstance(v, str) else bytes(v)
+        try:
+            raw = bytes.fromhex(v) if isinstance(v, str) else bytes(v)
+        except ValueError as exc:
+            raise ConfigError(f"measurement {v!r} is not hex") from exc
         if len(raw) != 48:
             raise ConfigError(f"a SEV-SNP measurement is 48 bytes (96 hex), got {len(raw)} bytes")
         out.add(raw)
     return frozenset(out)
+
+
+def _read_root(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"trust root file {path} does not exist", reason=ConfigFailure.MISSING_FILE
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"trust root file {path} cannot be read ({exc.strerror or type(exc).__name__})",
+            reason=ConfigFailure.UNREADABLE,
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -106,9 +123,7 @@ class AttestationPolicy:
         if isinstance(trust_root, TrustRoot):
             root = trust_root
         else:
-            pem = (
-                Path(trust_root).read_bytes() if isinstance(trust_root, (str, Path)) else trust_root
-            )
+            pem = _read_root(trust_root) if isinstance(trust_root, (str, Path)) else trust_root
             root = TrustRoot.from_pem(pem, insecure=True)
         return cls(
             roots=(root,),

@@ -29,9 +29,11 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             if b"-----BEGIN CERTIFICATE-----" in data:
                 return list(x509.load_pem_x509_certificates(data))
             return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+    except ValueError as exc:  # cryptography's text quotes its Rust parser: not for people
+        kind = "PEM" if b"-----BEGIN CERTIFICATE-----" in data else "DER"
         raise AttestationError(
-            AttestationFailure.MALFORMED, f"certificate could not be parsed: {exc}"
+            AttestationFailure.MALFORMED,
+            f"certificate could not be parsed: not a well-formed {kind} X.509 certificate",
         ) from exc
 
 

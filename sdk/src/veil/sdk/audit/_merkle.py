@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-from veil.sdk.errors import AuditLogError
+from veil.sdk.errors import AuditFailure, AuditLogError
 
 __all__ = [
     "HASH_SIZE",
@@ -261,7 +261,10 @@ def verify_inclusion(
     if sn != 0:
         raise AuditLogError("inclusion proof is shorter than the tree is deep")
     if r != root:
-        raise AuditLogError(f"inclusion proof for leaf {index} does not lead to the root")
+        raise AuditLogError(
+            f"inclusion proof for leaf {index} does not lead to the root",
+            reason=AuditFailure.BAD_PROOF,
+        )
 
 
 def verify_consistency(
@@ -272,14 +275,20 @@ def verify_consistency(
     Returns nothing on success; raises ``AuditLogError`` saying why otherwise.
     """
     if size1 < 0 or size2 < size1:
-        raise AuditLogError(f"tree size went from {size1} to {size2}: a log never shrinks")
+        raise AuditLogError(
+            f"tree size went from {size1} to {size2}: a log never shrinks",
+            reason=AuditFailure.BAD_PROOF,
+        )
     if size1 == size2:
         if proof:
             raise AuditLogError("consistency proof between equal sizes must be empty")
         if size1 == 0 and root1 != empty_root():
             raise AuditLogError("root of the empty tree is not SHA-256 of the empty string")
         if root1 != root2:
-            raise AuditLogError(f"two different roots for the same tree size {size1}")
+            raise AuditLogError(
+                f"two different roots for the same tree size {size1}",
+                reason=AuditFailure.BAD_PROOF,
+            )
         return
     if size1 == 0:
         raise AuditLogError("a consistency proof from the empty tree proves nothing")
@@ -313,6 +322,12 @@ def verify_consistency(
     if sn != 0:
         raise AuditLogError("consistency proof is shorter than the tree is deep")
     if fr != root1:
-        raise AuditLogError(f"consistency proof does not reproduce the old root (size {size1})")
+        raise AuditLogError(
+            f"consistency proof does not reproduce the old root (size {size1})",
+            reason=AuditFailure.BAD_PROOF,
+        )
     if sr != root2:
-        raise AuditLogError(f"consistency proof does not reproduce the new root (size {size2})")
+        raise AuditLogError(
+            f"consistency proof does not reproduce the new root (size {size2})",
+            reason=AuditFailure.BAD_PROOF,
+        )

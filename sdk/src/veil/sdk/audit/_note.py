@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from veil.sdk.errors import AuditLogError
+from veil.sdk.errors import AuditFailure, AuditLogError
 
 __all__ = [
     "ALG_ED25519",
@@ -101,7 +101,9 @@ class Verifier:
         try:
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
         except (InvalidSignature, ValueError) as exc:
-            raise AuditLogError(f"signature by {self.name!r} does not verify") from exc
+            raise AuditLogError(
+                f"signature by {self.name!r} does not verify", reason=AuditFailure.BAD_SIGNATURE
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -181,5 +183,8 @@ class SignedNote:
             verified.append(verifier.name)
         if not verified:
             names = ", ".join(sorted({v.name for v in known})) or "none"
-            raise AuditLogError(f"signed note has no signature by a known key (known: {names})")
+            raise AuditLogError(
+                f"signed note has no signature by a known key (known: {names})",
+                reason=AuditFailure.BAD_SIGNATURE,
+            )
         return VerifiedNote(text=self.text, verified_by=tuple(verified))

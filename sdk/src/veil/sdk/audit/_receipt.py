@@ -18,7 +18,7 @@ from veil.sdk.audit._checkpoint import Checkpoint
 from veil.sdk.audit._merkle import HASH_SIZE, verify_inclusion
 from veil.sdk.audit._note import SignedNote, Verifier, _b64decode
 from veil.sdk.audit.records import canonical_json, check_tenant, parse_time
-from veil.sdk.errors import AuditLogError
+from veil.sdk.errors import AuditFailure, AuditLogError
 
 __all__ = ["RECEIPT_HEADER", "Receipt", "check_receipt_inclusion", "verify_receipt"]
 
@@ -130,7 +130,10 @@ def verify_receipt(
     verified = SignedNote.from_text(note).verify(log_key)
     receipt = Receipt.from_body(verified.text)
     if not receipt.log.startswith(log_key.name + "/"):
-        raise AuditLogError(f"receipt names log {receipt.log!r}, not a log of {log_key.name!r}")
+        raise AuditLogError(
+            f"receipt names log {receipt.log!r}, not a log of {log_key.name!r}",
+            reason=AuditFailure.MISMATCH,
+        )
     expected = {
         "tenant": tenant,
         "request_digest": request_digest,
@@ -138,7 +141,9 @@ def verify_receipt(
     }
     for name, want in expected.items():
         if want is not None and getattr(receipt, name) != want:
-            raise AuditLogError(f"receipt {name} does not match this exchange")
+            raise AuditLogError(
+                f"receipt {name} does not match this exchange", reason=AuditFailure.MISMATCH
+            )
     return receipt
 
 

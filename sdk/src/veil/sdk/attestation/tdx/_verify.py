@@ -423,6 +423,7 @@ class VerifiedTdxQuote:
     verified_at: datetime
     debug: bool
     mr_service_td: bytes | None = None
+    insecure_root: bool = False  # verified under a root that is not Intel's (a test root)
 
 
 def _allowed(value: bytes, allow: frozenset[bytes] | None, name: str) -> None:
@@ -507,5 +508,6 @@ def verify_tdx_quote(
         collateral_expires=min(tcb_info.next_update, qe_identity.next_update),
         verified_at=now,
         debug=body.debug,
+        insecure_root=policy.insecure,
         mr_service_td=body.mr_service_td,
     )

@@ -73,7 +73,7 @@ def load_certificates(data: bytes, what: str) -> tuple[x509.Certificate, ...]:
         raise
     except ValueError as exc:
         raise AttestationError(
-            AttestationFailure.MALFORMED, f"{what}: certificate does not parse ({exc})"
+            AttestationFailure.MALFORMED, f"{what}: not a well-formed X.509 certificate"
         ) from exc
     if not certs:
         raise AttestationError(AttestationFailure.MALFORMED, f"{what}: no certificate found")
@@ -91,7 +91,7 @@ def load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(data)
     except ValueError as exc:
         raise AttestationError(
-            AttestationFailure.MALFORMED, f"{what}: CRL does not parse ({exc})"
+            AttestationFailure.MALFORMED, f"{what}: not a well-formed X.509 CRL"
         ) from exc
 
 
