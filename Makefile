@@ -14,7 +14,8 @@ TORCH_INDEX ?=
 # The five distributions, editable, into one `veil` namespace (dependencies before dependents).
 DISTS  := protos sdk privacy watermark enclave
 
-.PHONY: setup test soak fuzz demo bench bench-privacy bench-watermark protos lint typecheck check clean
+# postgres: Debian's PostgreSQL server, which the replica tests start (tests/postgres_support.py)
+.PHONY: setup postgres test test-node soak fuzz demo bench bench-privacy bench-watermark protos lint typecheck check clean
 
 setup: $(STAMP)
 
@@ -23,10 +24,22 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(DISTS))
 	$(PIP) install -q --upgrade 'pip>=25.1'
 	$(PIP) install -q $(TORCH_INDEX) $(TORCH)
 	$(PIP) install -q --group dev $(addprefix -e ./,$(DISTS))
+	$(PY) scripts/fetch_helm.py
 	touch $(STAMP)
 
-test: $(STAMP)
+# Installed from Debian only when missing (the tests run its initdb/postgres as an unprivileged
+# user on a free loopback port; docs/SCALE-OUT.md).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test: $(STAMP) postgres test-node
 	$(PY) -m pytest -q
+
+# The Node.js client (node/): install from the lock file, type-check and build, run its tests
+# (unit, protocol vectors, and end to end against a real enclave started with this venv's Python).
+test-node: $(STAMP)
+	cd node && npm ci --no-audit --no-fund --loglevel=error && VEIL_PYTHON=$(abspath $(PY)) npm test
 
 # Reliability suite (docs/RELIABILITY.md): real servers on loopback under load, hostile models,
 # idle streams, a full disk, SIGKILL; 3-4 minutes on two cores. Needs root for its tmpfs.
@@ -41,8 +54,10 @@ fuzz: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m veil.enclave.demo
 
+# BENCH_FLAGS=--quick: fewer clients and shorter runs (bench/bench_inference.py --help)
 bench: $(STAMP)
-	$(PY) bench/bench_inference.py
+	$(PY) bench/bench_inference.py $(BENCH_FLAGS)
+	$(PY) bench/bench_load.py $(BENCH_FLAGS)
 	$(PY) bench/bench_audit.py
 	$(PY) -W ignore bench/bench_privacy.py --modes
 

@@ -44,8 +44,18 @@ from veil.watermark import (  # noqa: E402
     verify,
     verify_trigger,
 )
+from veil.watermark._keys import message_bits  # noqa: E402
+from veil.watermark._locate import locate  # noqa: E402
 from veil.watermark._models import SmallCNN, SmallMLP, load_digits, to_onnx, train  # noqa: E402
 from veil.watermark._onnx_torch import OnnxModule, write_back  # noqa: E402
+from veil.watermark._rewrites import (  # noqa: E402
+    fuse_batchnorm,
+    permute_units,
+    scale_units,
+    split_batchnorm,
+    toggle_transpose,
+)
+from veil.watermark._verify import mark_matches  # noqa: E402
 
 LR = 1e-3  # the original training learning rate (Adam)
 BASE_EPOCHS = 30
@@ -235,6 +245,10 @@ def run_family() -> dict[str, Any]:
             "base_accuracy": before,
             "marked_accuracy": after,
             "drop_pp": 100 * (before - after),
+            "test_agreement": agreement(base, result.model, data.x_test),
+            "trigger_matches": (
+                None if result.trigger_verdict is None else result.trigger_verdict.matches
+            ),
             "claim_holdout_drop_pp": None if report is None else report.drop_points,
             "detected": result.verdict.detected,
             "embed_seconds": time.perf_counter() - t,
@@ -243,77 +257,100 @@ def run_family() -> dict[str, Any]:
             "test_rows": len(data.y_test)}  # fmt: skip
 
 
-def _unit_rewrite(model: bytes, seed: int, kind: str) -> bytes:
-    """Rewrite the first Gemm's output units (and the next Gemm's inputs) without changing
-    the function: "permute", "rescale" (positive, across ReLU) or "all" (permute + rescale +
-    weight stored untransposed)."""
+def _layer_units(model: bytes, index: int) -> int:
     proto = onnx.load_from_string(model)
+    node = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")][index]
+    init = next(i for i in proto.graph.initializer if i.name == node.input[1])
+    return int(init.dims[0])
+
+
+def rewrite(model: bytes, kind: str, mark: int, seed: int) -> bytes:
+    """A function-preserving rewrite around the marked layer ``mark`` (ReLU models): "permute"
+    / "rescale" the units on both sides of it, "bn split" / "bn fused" (a BatchNorm with signed
+    gamma), "transposed" (every Gemm's weight stored the other way), or "everything"."""
     rng = np.random.default_rng(seed)
-    first, second = [n for n in proto.graph.node if n.op_type == "Gemm"][:2]
-    inits = {i.name: i for i in proto.graph.initializer}
-
-    def get(name: str) -> np.ndarray:
-        return numpy_helper.to_array(inits[name]).astype(np.float64)
-
-    def put(name: str, value: np.ndarray) -> None:
-        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-
-    w1, b1, w2 = get(first.input[1]), get(first.input[2]), get(second.input[1])
-    if kind in ("permute", "all"):
-        p = rng.permutation(len(b1))
-        w1, b1, w2 = w1[p], b1[p], w2[:, p]
-    if kind in ("rescale", "all"):
-        d = np.exp(rng.uniform(-1.5, 1.5, len(b1)))
-        w1, b1, w2 = w1 * d[:, None], b1 * d, w2 / d[None, :]
-    put(first.input[2], b1)
-    put(second.input[1], w2)
-    if kind == "all":
-        put(first.input[1], w1.T)
-        for attr in first.attribute:
-            if attr.name == "transB":
-                attr.i = 0
-    else:
-        put(first.input[1], w1)
+    proto = onnx.load_from_string(model)
+    sides = [mark - 1, mark] if mark > 0 else [mark]
+    if kind in ("permute", "everything"):
+        for index in sides:
+            proto = permute_units(proto, index, rng)
+    if kind in ("rescale", "bn fused", "everything"):
+        for index in sides:
+            factors = np.exp(rng.uniform(-1.5, 1.5, _layer_units(model, index)))
+            proto = scale_units(proto, index, factors)
+    if kind in ("bn split", "bn fused", "everything"):
+        proto = split_batchnorm(proto, mark, rng)
+    if kind in ("bn fused", "everything"):
+        proto = fuse_batchnorm(proto)
+    if kind in ("transposed", "everything"):
+        nodes = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+        for index, node in enumerate(nodes):
+            if node.op_type == "Gemm":
+                proto = toggle_transpose(proto, index)
     return proto.SerializeToString()
 
 
-def run_rewrites(n_null: int, null_epochs: int) -> dict[str, Any]:
-    """The MLP marked with the ``unit_gram`` reduction, against output-unit rewrites."""
-    data = load_digits(seed=0)
-    torch.manual_seed(0)
-    base = to_onnx(train(SmallMLP(), data.x_train, data.y_train, epochs=BASE_EPOCHS, lr=LR))
-    rng = np.random.default_rng(5)
-    owner = Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
-    key = WatermarkKey.generate(rng.bytes)
-    result = embed_onnx(base, owner_key=owner, key=key, x=data.x_train, y=data.y_train, now=NOW,
-                        reduce="unit_gram", strength=5.0)  # fmt: skip
-    marked, claim = result.model, result.claim
+def quantise_static(model: bytes, x: np.ndarray, qdq: bool) -> bytes:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter([{"x": x[i : i + 32]} for i in range(0, 96, 32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        src.write_bytes(model)
+        quantize_static(str(src), str(dst), Reader(),
+                        quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+                        per_channel=True, weight_type=QuantType.QInt8)  # fmt: skip
+        return dst.read_bytes()
+
+
+REWRITES = ("permute", "rescale", "bn split", "bn fused", "transposed", "everything")
+
+
+def run_rewrites(marked: bytes, base: bytes, claim: Any, key: WatermarkKey, x: np.ndarray,
+                 mark: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Each rewrite of the marked model (and of the unmarked original), then int8 forms."""
     rows = []
-    for kind in ("permute", "rescale", "all"):
-        rewritten = _unit_rewrite(marked, 3, kind)
-        same = np.allclose(onnx_predictor(rewritten)(data.x_test),
-                           onnx_predictor(marked)(data.x_test), atol=1e-3)  # fmt: skip
-        for label, model in ((kind, rewritten), (f"{kind} + int8", quantise(rewritten))):
-            v = verify(model, claim, key)
-            rows.append({"rewrite": label, "function_preserved": bool(same),
-                         "matches": v.matches, "p_value": v.p_value,
-                         "detected": v.detected})  # fmt: skip
-    null_p: list[float] = []
-    for seed in range(1, n_null + 1):
-        torch.manual_seed(seed)
-        model = to_onnx(train(SmallMLP(), data.x_train, data.y_train, epochs=null_epochs,
-                              lr=LR, seed=seed))  # fmt: skip
-        null_p.append(verify(model, claim, key).p_value)
-        null_p.append(verify(_unit_rewrite(model, seed, "all"), claim, key).p_value)
-    return {
-        "base_accuracy": acc(base, data.x_test, data.y_test),
-        "marked_accuracy": acc(marked, data.x_test, data.y_test),
-        "matches": result.verdict.matches,
-        "rows": rows,
-        "null_checks": len(null_p),
-        "null_detections": int(sum(p < 1e-9 for p in null_p)),
-        "null_min_p": float(min(null_p)),
-    }
+    for kind in REWRITES:
+        for label, source in (("marked", marked), ("unmarked", base)):
+            model = rewrite(source, kind, mark, 3)
+            same = bool(np.allclose(onnx_predictor(model)(x), onnx_predictor(source)(x),
+                                    atol=1e-3))  # fmt: skip
+            variants = [(kind, model)]
+            if kind == "everything":
+                variants += [("everything + int8 dynamic", quantise(model)),
+                             ("everything + int8 QDQ", quantise_static(model, x, True)),
+                             ("everything + int8 QLinear",
+                              quantise_static(model, x, False))]  # fmt: skip
+            for name, variant in variants:
+                v = verify(variant, claim, key)
+                rows.append({"rewrite": name, "model": label, "function_preserved": same,
+                             "matches": v.matches, "p_value": v.p_value,
+                             "detected": v.detected})  # fmt: skip
+    return rows
+
+
+def each_mark(model: bytes, claim: Any, key: WatermarkKey) -> list[int]:
+    """Matches of each mark of the claim on its own (the verdict combines them)."""
+    weight = locate(onnx.load_from_string(model), claim.layer).weight
+    message = message_bits(claim.owner_public_key, claim.n_bits)
+    params = [claim.projection] + ([] if claim.second is None else [claim.second])
+    return [mark_matches(weight, p, key, message, i) for i, p in enumerate(params)]
+
+
+def agreement(a: bytes, b: bytes, x: np.ndarray) -> float:
+    """Fraction of rows on which two models predict the same class."""
+    return float(np.mean(onnx_predictor(a)(x).argmax(1) == onnx_predictor(b)(x).argmax(1)))
 
 
 def log10p(p: float) -> float:
@@ -349,6 +386,7 @@ def run_arch(name: str, image: bool, n_null: int, null_epochs: int) -> dict[str,
             "n_bits": v.n_bits,
             "p_value": v.p_value,
             "detected": v.detected,
+            "mark_matches": each_mark(model, claim, key),
         }
         rows.append(row)
         return row
@@ -358,6 +396,8 @@ def run_arch(name: str, image: bool, n_null: int, null_epochs: int) -> dict[str,
     prune = [record(f"global prune {r:.0%}", prune_global(marked, r))
              for r in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)]  # fmt: skip
     record("int8 dynamic quantisation", quantise(marked))
+    mark = 1 if image else 0  # the layer auto-chosen: the CNN's hidden conv, the MLP's first
+    rewrites = run_rewrites(marked, base, claim, key, data.x_test, mark)
     # Noise: the smallest sigma (x per-tensor std) whose mean accuracy cost reaches 2 points.
     noise_sigma, noise_rows = None, []
     for sigma in (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5, 2.0):
@@ -380,13 +420,16 @@ def run_arch(name: str, image: bool, n_null: int, null_epochs: int) -> dict[str,
     record("overwrite: attacker embeds own mark", attacker.model)
     # False positives: independently trained unmarked models (other init seed, other data order).
     t2 = time.perf_counter()
-    null_p, null_k = [], []
+    null_p, null_k, null_rewritten_p = [], [], []
     for seed in range(1, n_null + 1):
         torch.manual_seed(1000 + seed)
         model = train(make(), data.x_train, data.y_train, epochs=null_epochs, lr=LR, seed=seed)
-        v = verify(to_onnx(model), claim, key)
+        onnx_model = to_onnx(model)
+        v = verify(onnx_model, claim, key)
         null_p.append(v.p_value)
         null_k.append(v.matches)
+        rewritten = verify(rewrite(onnx_model, "everything", mark, seed), claim, key)
+        null_rewritten_p.append(rewritten.p_value)
     null_s = time.perf_counter() - t2
     ks = stats.kstest(null_p, "uniform")
     # The exact p-value is discrete (conservative), so its KS distance to U(0,1) is not ~0 even
@@ -408,6 +451,8 @@ def run_arch(name: str, image: bool, n_null: int, null_epochs: int) -> dict[str,
         "base_accuracy": base_acc,
         "marked_accuracy": marked_acc,
         "accuracy_drop_pp": 100 * (base_acc - marked_acc),
+        "test_agreement": agreement(base, marked, data.x_test),
+        "second_reduction": None if claim.second is None else claim.second.reduce,
         "trigger_matches": (
             None if result.trigger_verdict is None else result.trigger_verdict.matches
         ),
@@ -417,7 +462,9 @@ def run_arch(name: str, image: bool, n_null: int, null_epochs: int) -> dict[str,
             *distill(marked, claim, key, make, data, noise_queries=False),
             *distill(marked, claim, key, make, data, noise_queries=True),
         ],
+        "reduction": claim.projection.reduce,
         "rows": rows,
+        "rewrites": rewrites,
         "prune": prune,
         "noise_sigma_2pt": noise_sigma,
         "fine_tune": tune,
@@ -426,6 +473,8 @@ def run_arch(name: str, image: bool, n_null: int, null_epochs: int) -> dict[str,
             "models": n_null,
             "epochs": null_epochs,
             "detections": int(sum(p < 1e-9 for p in null_p)),
+            "rewritten_detections": int(sum(p < 1e-9 for p in null_rewritten_p)),
+            "rewritten_min_p": float(min(null_rewritten_p)),
             "min_p": float(min(null_p)),
             "ks_statistic": float(ks.statistic),
             "ks_pvalue": float(ks.pvalue),
@@ -508,12 +557,19 @@ def main() -> int:
         print(f"test accuracy {100 * res['base_accuracy']:.2f}% -> "
               f"{100 * res['marked_accuracy']:.2f}% (drop {res['accuracy_drop_pp']:+.2f} pp); "
               f"trigger set {res['trigger_matches']}/32")  # fmt: skip
-        print(f"{'attack':<40} {'acc %':>7} {'bits':>9} {'p-value':>10}  detected  trigger")
+        print(
+            f"marks: {res['reduction']}"
+            + (f" + {res['second_reduction']}" if res["second_reduction"] else "")
+            + f"; test rows whose class changed: {100 * (1 - res['test_agreement']):.2f}%"
+        )
+        print(f"{'attack':<40} {'acc %':>7} {'bits':>9} {'p-value':>10}  detected  trigger"
+              f"  each mark")  # fmt: skip
         for row in res["rows"]:
             print(f"{row['attack']:<40} {100 * row['accuracy']:>7.2f} "
                   f"{row['matches']:>4}/{row['n_bits']:<4} {row['p_value']:>10.2e}  "
                   f"{'yes' if row['detected'] else 'NO ':<8}  {row['trigger_matches']:>2}/32 "
-                  f"{'yes' if row['trigger_detected'] else 'no'}")  # fmt: skip
+                  f"{'yes' if row['trigger_detected'] else 'no '}  "
+                  f"{'/'.join(map(str, row['mark_matches']))}")  # fmt: skip
         null = res["null"]
         print(
             f"unmarked models: {null['detections']}/{null['models']} detected, min p "
@@ -525,6 +581,16 @@ def main() -> int:
               f"(p={null['ks_randomised_pvalue']:.3f}); raw exact p-values: "
               f"D={null['ks_statistic']:.4f}, 95% of D under an exact binomial null "
               f"{null['ks_raw_null_95pct']:.3f}")  # fmt: skip
+        print(f"rewrites ({res['reduction']} on {res['layer']}; function kept, bits, p):")
+        for row in res["rewrites"]:
+            print(f"  {row['rewrite']:<28} {row['model']:<9} "
+                  f"{'same' if row['function_preserved'] else 'CHANGED'} {row['matches']:>4}/128 "
+                  f"p {row['p_value']:.2e} "
+                  f"{'detected' if row['detected'] else 'not detected'}")  # fmt: skip
+        print(f"unmarked models rewritten ('everything'): {null['rewritten_detections']}/"
+              f"{null['models']} detected, min p {null['rewritten_min_p']:.3g}")  # fmt: skip
+        broke = [r["epochs"] for r in res["distillation"] if r["trigger_detected"]]
+        print(f"distillation: trigger detected at student epochs {broke or 'none'}")
         print(f"breaks at: pruning {first_failure(res['prune'])}; fine-tuning "
               f"{first_failure(res['fine_tune'])}; 10-100x lr fine-tuning "
               f"{first_failure(res['fine_tune_10x'])}")  # fmt: skip
@@ -536,19 +602,6 @@ def main() -> int:
             print(f"  {'+noise' if row['noise_queries'] else 'digits':<8} {row['epochs']:>6} "
                   f"{100 * row['accuracy']:>7.2f} {row['trigger_matches']:>5}/32 "
                   f"{row['trigger_p_value']:>10.2e}  {row['white_box_p_value']:.2e}")  # fmt: skip
-    rewrites = run_rewrites(args.null_models, args.null_epochs)
-    print(
-        f"\n== MLP marked with unit_gram: {rewrites['matches']}/128 bits; test accuracy "
-        f"{100 * rewrites['base_accuracy']:.2f}% -> {100 * rewrites['marked_accuracy']:.2f}%"
-    )
-    for row in rewrites["rows"]:
-        print(f"{row['rewrite']:<20} function kept {'yes' if row['function_preserved'] else 'NO'}"
-              f"  {row['matches']:>3}/128  p {row['p_value']:.2e}  "
-              f"{'detected' if row['detected'] else 'NOT detected'}")  # fmt: skip
-    print(
-        f"unmarked models, plain and rewritten: {rewrites['null_detections']}/"
-        f"{rewrites['null_checks']} detected, min p {rewrites['null_min_p']:.3g}"
-    )
     family = None if args.skip_family else run_family()
     if family is not None:
         print(
@@ -558,13 +611,15 @@ def main() -> int:
         for row in family["rows"]:
             print(f"{row['model']:<36} {100 * row['base_accuracy']:6.2f}% -> "
                   f"{100 * row['marked_accuracy']:6.2f}% (drop {row['drop_pp']:+.2f} pp; "
-                  f"claim's held-out drop {row['claim_holdout_drop_pp']:+.2f} pp) "
+                  f"claim's held-out drop {row['claim_holdout_drop_pp']:+.2f} pp; class changed "
+                  f"on {100 * (1 - row['test_agreement']):.2f}% of test rows; trigger "
+                  f"{row['trigger_matches']}/32) "
                   f"{'detected' if row['detected'] else 'NOT detected'}")  # fmt: skip
         print(f"test-accuracy drop: max {family['max_drop_pp']:+.2f} pp, median "
               f"{family['median_drop_pp']:+.2f} pp")  # fmt: skip
     (args.out / "watermark.json").write_text(
         json.dumps(
-            {"models": results, "unit_gram_rewrites": rewrites, "external_family": family},
+            {"models": results, "external_family": family},
             indent=2,
         )
     )

@@ -75,14 +75,14 @@ def _snp_reject(
 ) -> dict[str, Any]:
     code, doc, err = run(capsys, *_snp(vectors, report, extra), "--at", SNP_AT, *more, "--json")
     assert code == 1, err
-    assert doc["verified"] is False and doc["reason"] in err
+    assert doc["verified"] is False and doc["error"]["reason"] in err
     return doc
 
 
 def test_snp_debug_guest_fails_at_policy(vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
     extra = ["--certs", "go-sev-guest/ask_ark_milan.pem", "--vcek", "go-sev-guest/vcek_milan.der"]
     doc = _snp_reject(vectors, capsys, "go-sev-guest/attestation.bin", extra)
-    assert doc["reason"] == "debug_enclave"
+    assert doc["error"]["reason"] == "debug_enclave"
     assert steps(doc)[-4:] == [
         ("chain", True),
         ("report_signature", True),
@@ -102,7 +102,7 @@ def test_snp_debug_guest_fails_at_policy(vectors: Path, capsys: pytest.CaptureFi
 def test_snp_wrong_product_chain(vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
     extra = ["--certs", "routex-lua/vcek-chain-genoa.pem"]
     doc = _snp_reject(vectors, capsys, "routex-lua/report-milan-v3.bin", extra)
-    assert doc["reason"] in ("bad_signature", "cert_mismatch")
+    assert doc["error"]["reason"] in ("bad_signature", "cert_mismatch")
     assert steps(doc)[-1][1] is False
 
 
@@ -115,14 +115,14 @@ def test_snp_bit_flip_breaks_the_signature(
     flipped.write_bytes(bytes(raw))
     chain = str(vectors / "sev-snp/routex-lua/vcek-chain-turin.pem")
     code, doc, _ = run(capsys, str(flipped), "--certs", chain, "--at", SNP_AT, "--json")
-    assert code == 1 and doc["reason"] == "bad_signature"
+    assert code == 1 and doc["error"]["reason"] == "bad_signature"
     assert steps(doc)[-2:] == [("chain", True), ("report_signature", False)]
 
 
 def test_snp_expired_chain(vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report, extra, _ = SNP_SETS[0]
     code, doc, _ = run(capsys, *_snp(vectors, report, extra), "--at", "2080-01-01", "--json")
-    assert code == 1 and doc["reason"] == "cert_expired"
+    assert code == 1 and doc["error"]["reason"] == "cert_expired"
     assert steps(doc)[-1] == ("chain", False)
 
 
@@ -130,9 +130,9 @@ def test_snp_measurement_and_report_data(vectors: Path, capsys: pytest.CaptureFi
     report, extra, _ = SNP_SETS[0]
     rd = (vectors / "sev-snp" / report).read_bytes()[0x50:0x90].hex()
     doc = _snp_reject(vectors, capsys, report, extra, "--expect-measurement", "00" * 48)
-    assert doc["reason"] == "measurement_mismatch"
+    assert doc["error"]["reason"] == "measurement_mismatch"
     doc = _snp_reject(vectors, capsys, report, extra, "--report-data", "ab" * 64)
-    assert doc["reason"] == "unbound_key"
+    assert doc["error"]["reason"] == "unbound_key"
     code, doc, err = run(
         capsys, *_snp(vectors, report, extra), "--at", SNP_AT, "--report-data", rd, "--json"
     )
@@ -146,7 +146,7 @@ def test_snp_untrusted_root(
     report, extra, _ = SNP_SETS[0]
     pin = str(tee_template / "chain.pem")  # the simulated platform's chain: its ARK is not AMD's
     doc = _snp_reject(vectors, capsys, report, extra, "--trust-root", pin)
-    assert doc["reason"] == "untrusted_root"
+    assert doc["error"]["reason"] == "untrusted_root"
 
 
 # -- TDX -------------------------------------------------------------------------------------
@@ -172,13 +172,13 @@ def test_tdx_v5_quote_verifies_with_pcs_collateral(
     assert code == 0, err
     assert "pinned: MRTD" in doc["steps"][-1]["detail"]
     code, doc, _ = run(capsys, *args, "--at", TDX_AT, "--expect-measurement", "00" * 48, "--json")
-    assert code == 1 and doc["reason"] == "measurement_mismatch"
+    assert code == 1 and doc["error"]["reason"] == "measurement_mismatch"
 
 
 def test_tdx_expired_collateral(vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _tdx(vectors, "go-tdx-guest/quote_v5_sample.dat", "tinfoil-collateral")
     code, doc, _ = run(capsys, *args, "--at", "2026-03-01", "--json")
-    assert code == 1 and doc["reason"] == "expired"
+    assert code == 1 and doc["error"]["reason"] == "expired"
     assert steps(doc)[-1][1] is False
 
 
@@ -186,14 +186,14 @@ def test_tdx_test_root_sample(vectors: Path, capsys: pytest.CaptureFixture[str])
     d = "intel-qvl-sampledata"
     args = _tdx(vectors, f"{d}/quote.dat", d, "--tee", "tdx", "--at", "2025-01-01", "--json")
     code, doc, _ = run(capsys, *args)
-    assert code == 1 and doc["reason"] == "untrusted_root"
+    assert code == 1 and doc["error"]["reason"] == "untrusted_root"
     assert steps(doc) == [("parse", True), ("signature", False)]
     root = str(vectors / "tdx" / d / "trustedRootCaCert.pem")
     with pytest.warns(InsecureModeWarning):
         code, doc, _ = run(capsys, *args, "--trust-root", root)
     # Chain, CRLs, signatures and TCB Info verify under the pinned test root; Intel's synthetic
     # QE identity names another MRSIGNER than the sample's QE, and the verifier says so.
-    assert code == 1 and doc["reason"] == "measurement_mismatch"
+    assert code == 1 and doc["error"]["reason"] == "measurement_mismatch"
     assert steps(doc)[:4] == [(s, True) for s in TDX_STEPS[:4]]
 
 
@@ -206,14 +206,14 @@ def test_tdx_tampered_quote(
     bad.write_bytes(bytes(raw))
     coll = str(vectors / "tdx/tinfoil-collateral")
     code, doc, _ = run(capsys, str(bad), "--collateral", coll, "--at", TDX_AT, "--json")
-    assert code == 1 and doc["reason"] == "bad_signature"
+    assert code == 1 and doc["error"]["reason"] == "bad_signature"
     assert steps(doc)[-1] == ("signature", False)
 
 
 def test_tdx_report_data_mismatch(vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _tdx(vectors, "go-tdx-guest/quote_v5_sample.dat", "tinfoil-collateral")
     code, doc, _ = run(capsys, *args, "--at", TDX_AT, "--report-data", "00" * 64, "--json")
-    assert code == 1 and doc["reason"] == "stale_nonce"
+    assert code == 1 and doc["error"]["reason"] == "stale_nonce"
     assert steps(doc)[-1] == ("policy", False) and steps(doc)[-2] == ("tcb_evaluation", True)
 
 
@@ -239,8 +239,8 @@ def test_gpu_sample_reports_every_mismatching_index(
     rim = str(vectors / "nvidia-gpu/nvtrust/1010_0200_882_96005E0001_PROD.swidtag")
     code, doc, err = run(capsys, *_gpu(vectors, "--rim", rim, "--nonce", HOPPER_NONCE))
     assert code == 1, err
-    assert doc["tee"] == "nvidia-gpu" and doc["reason"] == "measurement_mismatch"
-    assert "index 1, 2, 9, 11" in doc["message"]
+    assert doc["tee"] == "nvidia-gpu" and doc["error"]["reason"] == "measurement_mismatch"
+    assert "index 1, 2, 9, 11" in doc["error"]["message"]
     assert steps(doc) == [
         ("parse", True),
         ("rim:1010_0200_882_96005E0001_PROD.swidtag", True),
@@ -253,7 +253,7 @@ def test_gpu_sample_reports_every_mismatching_index(
 def test_gpu_stale_nonce(vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rim = str(vectors / "nvidia-gpu/nvtrust/1010_0200_882_96005E0001_PROD.swidtag")
     code, doc, _ = run(capsys, *_gpu(vectors, "--rim", rim, "--nonce", "00" * 32))
-    assert code == 1 and doc["reason"] == "stale_nonce"
+    assert code == 1 and doc["error"]["reason"] == "stale_nonce"
     assert steps(doc)[-1] == ("nonce", False)
 
 
@@ -262,7 +262,11 @@ def test_gpu_rim_cache_without_the_evidence_rims(
 ) -> None:
     rims = str(vectors / "nvidia-gpu/nvtrust")
     code, doc, _ = run(capsys, *_gpu(vectors, "--rims", rims))
-    assert code == 1 and doc["reason"] == "policy" and "missing collateral" in doc["message"]
+    assert (
+        code == 1
+        and doc["error"]["reason"] == "policy"
+        and "missing collateral" in doc["error"]["message"]
+    )
     assert steps(doc)[-1] == ("rim_lookup:NV_GPU_DRIVER_GH100_550.90.07", False)
 
 
@@ -285,7 +289,7 @@ def test_gpu_tampered_evidence(
     rim = str(d / "1010_0200_882_96005E0001_PROD.swidtag")
     args = [str(bad), "--tee", "nvidia-gpu", "--certs", str(d / "hopperCertChain.txt")]
     code, doc, _ = run(capsys, *args, "--rim", rim, "--at", GPU_AT, "--json")
-    assert code == 1 and doc["reason"] == "bad_signature"
+    assert code == 1 and doc["error"]["reason"] == "bad_signature"
     assert steps(doc)[-1] == ("signature_chain", False)
 
 
@@ -311,7 +315,7 @@ def test_signed_policy_drives_verification(
     code, _, err = run(capsys, *base, "--policy-key", str(pub), "--release", "good")
     assert code == 0, err
     code, doc, _ = run(capsys, *base, "--policy-key", str(pub), "--release", "other", "--json")
-    assert code == 1 and doc["reason"] == "measurement_mismatch"
+    assert code == 1 and doc["error"]["reason"] == "measurement_mismatch"
     wrong = tmp_path / "wrong.pub"
     wrong.write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw())
     code, _, err = run(capsys, *base, "--policy-key", str(wrong))
@@ -319,7 +323,11 @@ def test_signed_policy_drives_verification(
     tdx_only = tmp_path / "tdx.toml"
     tdx_only.write_text('version = 1\nallowed_tees = ["tdx"]\n[tdx]\n')
     code, doc, err = run(capsys, *_snp(vectors, report, extra), "--policy", str(tdx_only), "--json")
-    assert code == 1 and doc["reason"] == "policy" and "not allowed" in doc["message"]
+    assert (
+        code == 1
+        and doc["error"]["reason"] == "policy"
+        and "not allowed" in doc["error"]["message"]
+    )
     assert "signature is not checked" in err
 
 
@@ -339,18 +347,38 @@ def test_usage_errors_exit_2(
     cases = [
         ([snp], "needs --certs"),
         ([quote], "needs --collateral"),
-        ([snp, "--certs", chain, "--at", "yesterday"], "is not an ISO 8601 time"),
-        ([str(junk)], "cannot tell the evidence type"),
-        ([str(tmp_path / "absent.bin")], "cannot read evidence"),
-        ([snp, "--certs", chain, "--policy", str(bad_policy)], "version must be 1"),
+        ([snp, "--certs", chain, "--at", "yesterday"], "must be an ISO 8601 time"),
+        ([str(tmp_path / "absent.bin")], "no such file"),
         ([snp, "--certs", chain, "--policy", str(bad_policy), "--trust-root", chain], "drop"),
-        ([snp, "--certs", chain, "--report-data", "xyz"], "--report-data must be hex"),
+        ([snp, "--certs", chain, "--report-data", "xyz"], "argument --report-data: must be hex"),
         ([str(junk), "--tee", "nvidia-gpu", "--certs", chain], "needs reference values"),
+        ([snp, "--tee", "sgx"], "invalid choice: 'sgx'"),
     ]
     for args, message in cases:
         code, _, err = run(capsys, *args)
         assert code == 2, (args, err)
         assert message in err, (args, err)
-    with pytest.raises(SystemExit) as exit_:
-        main(["attest", "verify", snp, "--tee", "sgx"])
-    assert exit_.value.code == 2
+        assert len(err.splitlines()) == 1, err
+
+
+def test_malformed_evidence_and_policy_are_refused_not_usage(
+    vectors: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    snp = vectors / "sev-snp/routex-lua/report-turin.bin"
+    chain = str(vectors / "sev-snp/routex-lua/vcek-chain-turin.pem")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x99" * 300)
+    truncated = tmp_path / "truncated.bin"
+    truncated.write_bytes(snp.read_bytes()[:1180])
+    bad_policy = tmp_path / "bad.toml"
+    bad_policy.write_text("version = 3\n")
+    cases = [
+        ([str(junk), "--json"], "malformed", "neither a SEV-SNP report"),
+        ([str(truncated), "--certs", chain, "--json"], "malformed", "1180"),
+        ([str(snp), "--certs", chain, "--policy", str(bad_policy), "--json"], "", "version"),
+    ]
+    for args, reason, message in cases:
+        code, doc, err = run(capsys, *args)
+        assert code == 1, (args, err)
+        assert message in doc["error"]["message"] and message in err, (args, err)
+        assert not reason or doc["error"]["reason"] == reason

@@ -30,7 +30,7 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_sdk_audit_stays_light() -> None:
     code = (
-        "import sys, veil.sdk.audit, veil.sdk.audit.cli\n"
+        "import sys, veil.sdk.audit, veil.sdk.cli\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('enclave', 'torch', 'onnxruntime', 'opacus')]\n"
         "assert not heavy, heavy\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_a_command_of_a_missing_distribution_says_what_to_install(
     out = _veil(*args, hidden="serve,measure,watermark")
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
-        f"veil: `veil {args[0]}` is not installed here: it comes with {distribution}: "
+        f"veil {args[0]}: error: not installed here: it comes with {distribution}: "
         f"pip install {distribution}"
     ]
     assert "Traceback" not in out.stderr
@@ -58,7 +59,7 @@ def test_a_command_that_cannot_import_says_why_in_one_line() -> None:
     out = _veil("serve", "--data-dir", "d", broken="serve")
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
-        "veil: `veil serve` is not installed here: it cannot load (No module named 'onnx')"
+        "veil serve: error: not installed here: it cannot load (No module named 'onnx')"
     ]
 
 
@@ -73,3 +74,30 @@ def test_version_names_the_sdk_distribution() -> None:
     out = _veil("--version")
     assert out.returncode == 0
     assert out.stdout.strip() == "veil 0.1.0"
+
+
+def test_serve_without_its_dependencies_says_what_is_missing_in_one_line(tmp_path: Path) -> None:
+    # The enclave distribution is installed, but onnxruntime is not importable.
+    blocked = "import sys; sys.modules['onnxruntime'] = None\n" + PROBE
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            blocked,
+            "",
+            "",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [
+        "veil serve: error: needs the onnxruntime package, which is not installed "
+        "(pip install veil-ai-enclave installs it)"
+    ]

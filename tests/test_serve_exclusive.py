@@ -31,7 +31,7 @@ def test_second_serve_on_one_data_dir_is_refused(server: Server) -> None:
     second = veil("serve", "--data-dir", str(server.data_dir), "--port", "0", timeout=300)
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
-        f"veil: data directory {server.data_dir} is in use by another enclave "
+        f"veil serve: error: data directory {server.data_dir} is in use by another enclave "
         f"(pid {server.proc.pid})"
     ]
     assert "serving on" not in second.stdout
@@ -48,7 +48,7 @@ def test_second_serve_on_a_taken_port_is_refused(
     second = veil("serve", "--data-dir", str(other), "--port", port, timeout=300)
     assert second.returncode == 1
     assert second.stderr.strip().splitlines()[-1] == (
-        f"veil: could not bind 127.0.0.1:{port} (in use?)"
+        f"veil serve: error: could not bind 127.0.0.1:{port} (in use?)"
     )
     assert "serving on" not in second.stdout
     assert server.proc.poll() is None

@@ -170,7 +170,7 @@ def test_cli_train_verify_and_budget(served: Served, digits_npz: bytes, tmp_path
             *common,
             "--dataset",
             str(data),
-            "--model",
+            "--arch",
             "mlp",
             "--epsilon",
             "1.5",
@@ -211,7 +211,7 @@ def test_cli_train_verify_and_budget(served: Served, digits_npz: bytes, tmp_path
     )
     assert bad.returncode == 1 and "differs from its certificate" in bad.stderr
     budget = subprocess.run(
-        [*veil, "budget", *common, "--dataset", doc["dataset_sha256"]],
+        [*veil, "budget", *common, "--dataset", doc["dataset_sha256"], "--json"],
         capture_output=True,
         text=True,
         timeout=120,

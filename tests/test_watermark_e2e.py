@@ -29,7 +29,10 @@ from veil.watermark import (
     weight_layers,
 )
 from veil.watermark._claim import public_key_bytes
+from veil.watermark._keys import message_bits
+from veil.watermark._locate import locate
 from veil.watermark._models import SmallCNN, SmallMLP, accuracy, load_digits, to_onnx, train
+from veil.watermark._verify import mark_matches
 from veil.watermark.cli import main
 
 NOW = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
@@ -233,6 +236,40 @@ def test_half_pruned_model_is_detected(cnn: Marked) -> None:
             w = np.where(np.abs(w) < np.median(np.abs(w)), 0, w).astype(w.dtype)
             init.CopyFrom(numpy_helper.from_array(w, init.name))
     assert verify(proto.SerializeToString(), cnn.claim, cnn.key).detected
+
+
+def _each_mark(model: bytes, m: Marked) -> list[int]:
+    weight = locate(onnx.load_from_string(model), m.claim.layer).weight
+    message = message_bits(m.claim.owner_public_key, m.claim.n_bits)
+    params = [m.claim.projection, *([] if m.claim.second is None else [m.claim.second])]
+    return [mark_matches(weight, p, m.key, message, i) for i, p in enumerate(params)]
+
+
+def _global_prune(model: bytes, rate: float) -> bytes:
+    proto = onnx.load_from_string(model)
+    inits = [i for i in proto.graph.initializer if len(i.dims) > 1]
+    cut = np.quantile(np.concatenate([np.abs(numpy_helper.to_array(i)).ravel() for i in inits]),
+                      rate)  # fmt: skip
+    for init in inits:
+        w = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array(np.where(np.abs(w) < cut, 0, w).astype(w.dtype),
+                                              init.name))  # fmt: skip
+    return proto.SerializeToString()
+
+
+def test_cnn_claim_carries_a_second_robust_mark(cnn: Marked) -> None:
+    """The CNN's default claim: kernel_bag (rewrite-invariant) plus a centered mark in the same
+    layer (robust to weight edits); the verdict is their Bonferroni combination."""
+    assert cnn.claim.projection.reduce == "kernel_bag"
+    assert cnn.claim.second is not None and cnn.claim.second.reduce == "centered"
+    assert _each_mark(cnn.marked, cnn) == [128, 128]
+    assert verify(cnn.marked, cnn.claim, cnn.key).p_value == pytest.approx(2 * 2.0**-128)
+    unmarked = _each_mark(cnn.original, cnn)
+    assert max(unmarked) < 90 and not verify(cnn.original, cnn.claim, cnn.key).detected
+    # heavy global pruning: the combined verdict holds through the centered mark
+    pruned = _global_prune(cnn.marked, 0.8)
+    verdict = verify(pruned, cnn.claim, cnn.key)
+    assert verdict.detected and verdict.matches == max(_each_mark(pruned, cnn))
 
 
 # --- training-time embedding with the regulariser ----------------------------------------------

@@ -16,8 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from veil.enclave._batching import BatchingConfig
 from veil.enclave._files import write_private
 from veil.enclave._limits import Limits
+from veil.enclave._telemetry import ObservabilityConfig
 from veil.sdk.errors import ConfigError
 
 __all__ = ["DEFAULT_TENANT", "SYSTEM_LOG", "ServerConfig", "Tenant", "TlsConfig", "ensure_config"]
@@ -69,6 +71,10 @@ class ServerConfig:
     budget_delta: float = 1e-5
     tls: TlsConfig | None = None
     limits: Limits = field(default_factory=Limits)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    reflection: bool = False  # gRPC server reflection (a debugging aid); off in production
+    workers: int = 1  # serving processes (veil.enclave._workers); not security-relevant
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def canonical(self) -> bytes:
@@ -85,6 +91,9 @@ class ServerConfig:
             f"max_dataset_bytes={self.max_dataset_bytes}",
             f"budget={self.budget_epsilon!r},{self.budget_delta!r}",
             *self.limits.canonical(),
+            *self.batching.canonical(),
+            f"reflection={self.reflection}",
+            *self.observability.canonical(),
         ]
         for name in sorted(self.tenants):
             lines.append(f"tenant={name}:{self.tenants[name].api_key_sha256.hex()}")
@@ -148,6 +157,9 @@ class ServerConfig:
         max_dataset = privacy.get("max_dataset_bytes", cls.max_dataset_bytes)
         if isinstance(max_dataset, bool) or not isinstance(max_dataset, int) or max_dataset <= 0:
             raise ConfigError(f"{source}: privacy.max_dataset_bytes must be a positive integer")
+        reflection = server.get("reflection", False)
+        if not isinstance(reflection, bool):
+            raise ConfigError(f"{source}: server.reflection must be true or false")
         providers = tuple(server.get("providers", _PROVIDERS))
         unknown = [p for p in providers if p not in _PROVIDERS]
         if unknown or not providers:
@@ -182,10 +194,16 @@ class ServerConfig:
             budget_delta=float(delta),
             tls=tls,
             limits=Limits.from_dict(doc.get("limits"), source=source),
+            batching=BatchingConfig.from_dict(doc.get("batching"), source=source),
+            reflection=reflection,
+            workers=pos_int("workers", cls.workers),
+            observability=ObservabilityConfig.from_dict(doc, source=source),
             extra={
                 k: v
                 for k, v in doc.items()
-                if k not in {"tenants", "server", "tls", "privacy", "limits"}
+                if k
+                not in {"tenants", "server", "tls", "privacy", "limits", "batching"}
+                | {"metrics", "tracing", "logging"}
             },
         )
 

@@ -23,7 +23,7 @@ from veil.enclave._errors import InvalidInput, NotFound
 from veil.enclave._files import write_atomic
 from veil.sdk.errors import DecryptionError
 
-__all__ = ["DatasetRecord", "DatasetStore"]
+__all__ = ["DatasetRecord", "DatasetStore", "remove_orphan_blobs"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -49,6 +49,20 @@ class DatasetRecord:
         return cls(**doc)
 
 
+def remove_orphan_blobs(root: Path) -> int:
+    """Remove blobs whose metadata never landed (an upload interrupted by a crash).
+
+    Run once at enclave start, before any call is served (never while an upload may be in
+    flight: with ``[server] workers = N`` another worker's blob is written before its metadata).
+    """
+    removed = 0
+    for blob in root.glob("*/*.enc"):
+        if not blob.with_suffix(".json").exists():
+            blob.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class DatasetStore:
     def __init__(
         self, root: Path, *, storage_key: Callable[[str], bytes], headroom: int = 0
@@ -58,9 +72,6 @@ class DatasetStore:
         self._headroom = headroom
         self._lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
-        for blob in root.glob("*/*.enc"):  # an upload interrupted before its metadata landed
-            if not blob.with_suffix(".json").exists():
-                blob.unlink(missing_ok=True)
 
     @staticmethod
     def _aad(tenant: str, digest: str) -> bytes:

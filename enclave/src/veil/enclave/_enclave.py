@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf.message import DecodeError, Message
 
 from veil.enclave._config import SYSTEM_LOG, ServerConfig
+from veil.enclave._datasets import remove_orphan_blobs
 from veil.enclave._errors import AuthError, InvalidInput, TooLarge
 from veil.enclave._files import remove_temp_files
 from veil.enclave._gateway import Gateway, OpenedRequest
@@ -25,9 +28,11 @@ from veil.enclave._handled import Handled, model_info
 from veil.enclave._keys import KeyEpoch, KeyRing
 from veil.enclave._measurement import measure
 from veil.enclave._onnx import InferenceEngine, validate_onnx
-from veil.enclave._replay import ReplayGuard
+from veil.enclave._parts import EnclaveParts
+from veil.enclave._replay import MemoryReplayStore, ReplayStore
 from veil.enclave._spool import UploadBuffer, remove_spool_files
 from veil.enclave._store import ModelStore, parse_ref
+from veil.enclave._telemetry import opening, stage
 from veil.enclave._training import TrainingDesk
 from veil.enclave._watermark import WatermarkDesk
 from veil.enclave.audit import AuditLog, EventTally, ExportFormat, ExportResult, Signer
@@ -42,6 +47,9 @@ from veil.sdk.sealing import decrypt_chunk
 from veil.sdk.tensors import from_proto, to_proto
 from veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 
+if TYPE_CHECKING:
+    from veil.enclave.scaleout import Replica
+
 __all__ = ["Enclave", "UploadSession"]
 
 log = logging.getLogger("veil.enclave")
@@ -50,10 +58,38 @@ AUDIT_LOG_NAME = "veil-enclave"
 DATASET_FORMATS = ("npz", "csv", "parquet")
 EXPORT_CHUNK_BYTES = 1024 * 1024  # per message of a streamed audit export
 AUDIT_RESERVE_BYTES = 4 * 1024 * 1024  # preallocated for the audit log, released on ENOSPC
+_DATA_TAG = b"\x1a"  # Tensor.data: field 3, length-delimited
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _serialized_inputs(
+    request: inference_pb2.InferRequest, arrays: Mapping[str, npt.NDArray[np.generic]]
+) -> Iterator[bytes | memoryview]:
+    """The bytes of the input ``Tensor`` messages, serialized, in name order, without copying.
+
+    The same bytes as ``b"".join(request.inputs[n].SerializeToString() for n in sorted(...))``
+    (fields in number order: dtype, shape, then ``data`` as tag 3, length, bytes), but the data
+    is the decoded arrays' own buffer rather than a fresh 1 MB copy per serialization.
+    """
+    for name in sorted(request.inputs):
+        tensor = request.inputs[name]
+        array = arrays[name]
+        yield common_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape).SerializeToString()
+        if array.nbytes:
+            yield _DATA_TAG + _varint(array.nbytes)
+            yield np.ascontiguousarray(array).data.cast("B")
 
 
 @dataclass
@@ -86,26 +122,47 @@ class Enclave:
         random: Callable[[int], bytes] = os.urandom,
         gpu: GpuEvidenceSource | None = None,
         tdx_collateral: Mapping[str, bytes] | None = None,
+        parts: EnclaveParts | None = None,
+        replica: Replica | None = None,
     ) -> None:
+        """``parts``: a worker process's shared state (``veil.enclave._workers``); its
+        supervisor records the service's start and stop and cleans the data directory.
+        ``replica``: this enclave is a replica of a replicated deployment
+        (``veil.enclave.scaleout``): its keys come from attested key release, its replay
+        guard and budget ledger are the deployment's (PostgreSQL)."""
         self.config = config
+        self.replica = replica
+        self._parts = parts
         self.tee = tee
         self.gpu = gpu
         self._tdx_collateral = dict(tdx_collateral or {})
         self.clock = clock
-        self.measurement = measure(config)
+        self.measurement = parts.measurement if parts is not None else measure(config)
+        if replica is not None:  # it trusts its coordinator: that is part of what it is
+            self.measurement = replica.bind_measurement(self.measurement)
         # What a crash leaves: spooled uploads, write_atomic temporaries (never the only copy).
-        stale = remove_spool_files(config.data_dir) + sum(
-            remove_temp_files(config.data_dir / part) for part in ("models", "datasets", "audit")
-        )
+        stale = 0
+        if parts is None:  # a worker's siblings may have uploads in flight
+            stale = remove_spool_files(config.data_dir) + sum(
+                remove_temp_files(config.data_dir / part)
+                for part in ("models", "datasets", "audit")
+                if replica is None or part == "audit"  # a replica's models: a shared volume
+            )
+            if replica is None:  # a replica's datasets: another replica may be uploading
+                stale += remove_orphan_blobs(config.data_dir / "datasets")
         if stale:
             log.info("removed %d temporary file(s) left by an earlier run", stale)
-        self.audit = AuditLog(
-            config.data_dir / "audit",
-            Signer.generate(AUDIT_LOG_NAME),
-            clock=clock,
-            digest_key=DigestKey(tee.sealing_key(b"audit/digest")),
-            checkpoint_interval=1.0,
-            headroom_bytes=min(config.limits.audit_headroom_bytes, AUDIT_RESERVE_BYTES),
+        self.audit = (
+            parts.audit
+            if parts is not None
+            else AuditLog(
+                config.data_dir / "audit",
+                Signer.generate(AUDIT_LOG_NAME if replica is None else replica.log_name),
+                clock=clock,
+                digest_key=DigestKey(tee.sealing_key(b"audit/digest")),
+                checkpoint_interval=1.0,
+                headroom_bytes=min(config.limits.audit_headroom_bytes, AUDIT_RESERVE_BYTES),
+            )
         )
         self._close_lock = threading.Lock()
         self._closed = False
@@ -117,31 +174,64 @@ class Enclave:
             digest=self.audit.digest,
         )
         self._epoch_lock = threading.Lock()
-        self.keys = KeyRing(self._new_epoch())
+        self.keys: KeyRing
+        replay: ReplayStore
+        if replica is not None:  # attested key release: no key, no request, until admitted
+            replica.join(
+                tee,
+                measurement=self.measurement,
+                log_key=self.audit.verifier.public_key,
+                log_origin=self.audit.signer.name,
+            )
+            self.keys = replica.key_ring
+            self.tee = tee = replica.released_tee(tee)
+            replay = replica.replay_store(config.replay_window_seconds * 1000)
+        else:
+            self.keys = parts.keys if parts is not None else KeyRing(self._new_epoch())
+            replay = (
+                parts.replay
+                if parts is not None
+                else MemoryReplayStore(config.replay_window_seconds * 1000)
+            )
         self.gateway = Gateway(
             keys=self.keys,
-            replay=ReplayGuard(config.replay_window_seconds * 1000),
+            replay=replay,
             tenants=config.tenants,
             clock=clock,
             random=random,
         )
-        self.store = ModelStore(
-            config.data_dir / "models",
-            storage_key=lambda tenant: tee.sealing_key(b"models/" + tenant.encode()),
-            clock=clock,
-            headroom=config.limits.audit_headroom_bytes,
+        if replica is not None:
+            replica.attach(self.gateway)
+        self.store = (
+            ModelStore(
+                config.data_dir / "models",
+                storage_key=lambda tenant: tee.sealing_key(b"models/" + tenant.encode()),
+                clock=clock,
+                headroom=config.limits.audit_headroom_bytes,
+                sweep=parts is None,
+            )
+            if replica is None
+            else replica.model_store(  # registry in PostgreSQL, blobs on the shared volume
+                config.data_dir / "models",
+                storage_key=lambda tenant: tee.sealing_key(b"models/" + tenant.encode()),
+                clock=clock,
+                headroom=config.limits.audit_headroom_bytes,
+            )
         )
-        self.engine = InferenceEngine(config.providers)
+        self.engine = InferenceEngine(
+            config.providers, intra_op_threads=parts.intra_op_threads if parts else 0
+        )
         log.info(
             "enclave ready: tee=%s measurement=%s providers=%s",
             tee.name,
             self.measurement.hex(),
             ",".join(self.engine.providers),
         )
-        self.record(
-            EventType.SERVICE_START,
-            details={"measurement": self.measurement.hex(), "audit_log_key": self.audit.vkey},
-        )
+        if parts is None:
+            self.record(
+                EventType.SERVICE_START,
+                details={"measurement": self.measurement.hex(), "audit_log_key": self.audit.vkey},
+            )
 
     def close(self) -> None:
         """Record the stop, flush and close every audit log (after the server stopped).
@@ -154,11 +244,16 @@ class Enclave:
                 return
             self._closed = True
         self.tally.close()
-        try:
-            self.record(EventType.SERVICE_STOP)
-        except AuditLogError as exc:
-            log.error("service stop not recorded: %s", exc)
+        if self._parts is None:
+            try:
+                self.record(EventType.SERVICE_STOP)
+            except AuditLogError as exc:
+                log.error("service stop not recorded: %s", exc)
+        else:
+            self._parts.replay.close()
         self.audit.close()
+        if self.replica is not None:
+            self.replica.close()
 
     # -- audit ----------------------------------------------------------------------------
 
@@ -187,6 +282,7 @@ class Enclave:
             )
         )
 
+    @opening
     def open_request(
         self, request: common_pb2.SealedRequest, method: str, origin: str
     ) -> OpenedRequest:
@@ -240,6 +336,7 @@ class Enclave:
             request_digest=opened.request_digest,
             response_digest=hashlib.sha256(payload).hexdigest(),
             model_digest=handled.model_digest,
+            receipt_version=opened.receipt_version,
         )
         return self.gateway.respond(opened, payload, appended.receipt, seq=seq)
 
@@ -276,14 +373,21 @@ class Enclave:
 
     def rotate_keys(self) -> None:
         """Start a new key epoch; the previous one keeps working until it expires."""
+        if self.replica is not None:  # a replica's epochs come from its coordinator
+            self.replica.refresh()
+            return
         with self._epoch_lock:
             self.keys.rotate(self._new_epoch())
         log.info("sealing keys rotated: key_id=%s", self.keys.current.key_id)
 
     def _fresh_epoch(self) -> KeyEpoch:
+        if self.replica is not None:  # the newest shared epoch already published
+            return self.keys.current
         with self._epoch_lock:
             epoch = self.keys.current
             lifetime = timedelta(seconds=self.config.key_epoch_seconds)
+            if self.clock() >= epoch.expires_at - lifetime / 10 and self._parts is not None:
+                return self._parts.fresh_epoch()  # the supervisor rotates, for every worker
             if self.clock() >= epoch.expires_at - lifetime / 10:
                 self.keys.rotate(self._new_epoch())
                 epoch = self.keys.current
@@ -406,7 +510,14 @@ class Enclave:
     @functools.cached_property
     def training(self) -> TrainingDesk:
         """Datasets, budgets and DP training (loaded on first use: it imports torch)."""
-        return TrainingDesk(self)
+        if self.replica is None:
+            return TrainingDesk(self)
+        from veil.privacy import BudgetConfig
+
+        ledger = self.replica.ledger(
+            BudgetConfig(self.config.budget_epsilon, self.config.budget_delta)
+        )
+        return TrainingDesk(self, ledger=ledger)
 
     @functools.cached_property
     def watermarks(self) -> WatermarkDesk:
@@ -475,6 +586,7 @@ class Enclave:
 
     # -- inference ------------------------------------------------------------------------
 
+    @stage("infer")
     def infer(self, tenant: str, request: inference_pb2.InferRequest) -> Handled:
         record = self.store.resolve(tenant, request.model)
         limit = self.config.max_message_bytes
@@ -488,10 +600,9 @@ class Enclave:
             inputs,
             list(request.output_names),
             limits=self.config.limits.for_model(tenant, record.name),
+            batching=self.config.batching.for_model(tenant, record.name),
         )
-        inputs_hmac = self.audit.digest(
-            b"".join(request.inputs[n].SerializeToString() for n in sorted(request.inputs))
-        )
+        inputs_hmac = self.audit.digest_parts(_serialized_inputs(request, inputs))
         return Handled(
             inference_pb2.InferResponse(
                 model=record.ref, outputs={n: to_proto(a) for n, a in outputs.items()}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,7 +14,8 @@ from google.protobuf.message import DecodeError
 from veil.enclave._config import Tenant
 from veil.enclave._errors import AuthError
 from veil.enclave._keys import KeyRing
-from veil.enclave._replay import ReplayGuard
+from veil.enclave._replay import ReplayStore
+from veil.enclave._telemetry import stage
 from veil.sdk.errors import DecryptionError, ProtocolError
 from veil.sdk.evidence import to_ms
 from veil.sdk.protocol import (
@@ -22,10 +25,20 @@ from veil.sdk.protocol import (
     Suite,
     request_info,
 )
-from veil.sdk.sealing import request_digest, seal_response
+from veil.sdk.sealing import seal_response
 from veil.v1 import common_pb2
 
 __all__ = ["Gateway", "OpenedRequest"]
+
+
+# A sealed request at least this large has its SHA-256 (what receipts name it by) computed on a
+# helper thread while this one opens it: hashlib releases the GIL, AES-GCM and parsing do not.
+PARALLEL_DIGEST_BYTES = 256 * 1024
+_DIGESTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-digest")
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -38,10 +51,17 @@ class OpenedRequest:
     response_key: bytes = b""
     payload: bytes = b""
     key_id: str = ""
-    request_digest: str = ""  # SHA-256 of the sealed bytes, as receipts name the request
+    digest: str | Future[str] = ""  # SHA-256 of the sealed bytes (maybe still being computed)
+    receipt_version: int = 1  # the receipt format the client asked for (1 or 2)
 
     def __repr__(self) -> str:  # never print keys or payloads
         return f"OpenedRequest(method={self.method!r}, tenant={self.tenant!r})"
+
+    @property
+    def request_digest(self) -> str:
+        """SHA-256 (hex) of the sealed bytes, as receipts and records name the request."""
+        digest = self.digest
+        return digest if isinstance(digest, str) else digest.result()
 
 
 class Gateway:
@@ -49,7 +69,7 @@ class Gateway:
         self,
         *,
         keys: KeyRing,
-        replay: ReplayGuard,
+        replay: ReplayStore,
         tenants: Mapping[str, Tenant],
         clock: Callable[[], datetime],
         random: Callable[[int], bytes] = os.urandom,
@@ -59,6 +79,8 @@ class Gateway:
         self._tenants = tenants
         self._clock = clock
         self._random = random
+        # A replica's certificate from its coordinator, sent with each receipt (protocol 1.3).
+        self.replica_certificate = b""
 
     def open(self, request: common_pb2.SealedRequest, method: str) -> OpenedRequest:
         """Decrypt and authenticate; raise a ``VeilError`` subclass naming what was wrong."""
@@ -81,10 +103,17 @@ class Gateway:
             timestamp_ms=request.timestamp_ms,
             claims_digest=request.claims_digest,
         )
+        sealed = request.sealed  # each read of a bytes field copies it: read once
+        digest: str | Future[str]
+        if len(sealed) >= PARALLEL_DIGEST_BYTES:
+            digest = _DIGESTS.submit(_sha256_hex, sealed)
+        else:
+            digest = _sha256_hex(sealed)
         try:
-            plaintext = suite.hpke.decrypt(request.sealed, epoch.private_keys[suite], info)
+            plaintext = suite.hpke.decrypt(sealed, epoch.private_keys[suite], info)
         except Exception as exc:  # any HPKE failure is one opaque error
             raise DecryptionError("sealed request could not be opened") from exc
+        del sealed
         body = common_pb2.RequestBody()
         try:
             body.ParseFromString(plaintext)
@@ -101,11 +130,13 @@ class Gateway:
             tenant=request.tenant,
             request_id=bytes(request.request_id),
             response_key=bytes(body.response_key),
-            payload=bytes(body.payload),
+            payload=body.payload,
             key_id=tenant.key_id,
-            request_digest=request_digest(request),
+            digest=digest,
+            receipt_version=2 if body.receipt_version >= 2 else 1,
         )
 
+    @stage("seal")
     def respond(
         self,
         opened: OpenedRequest,
@@ -124,4 +155,5 @@ class Gateway:
             seq=seq,
             final=final,
             random=self._random,
+            replica=self.replica_certificate if receipt else b"",
         )

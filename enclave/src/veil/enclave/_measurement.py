@@ -2,7 +2,9 @@
 
 A client pins this value (``veil measure --data-dir D`` prints it). It covers every source file of
 the packages that run inside the enclave, in sorted order by path, and the canonical form of the
-security-relevant configuration (tenants' key digests, limits, providers, TLS mode).
+security-relevant configuration (tenants' key digests, limits, providers, TLS mode). Given a
+``site`` folder (an image's site-packages, ``scripts/measure_image.py``), it measures the packages
+there instead of this interpreter's, so the value can be computed before deployment.
 """
 
 from __future__ import annotations
@@ -16,18 +18,27 @@ from veil.sdk.errors import ConfigError
 
 __all__ = ["ENCLAVE_PACKAGES", "code_manifest", "measure"]
 
-ENCLAVE_PACKAGES = ("enclave", "sdk", "protos", "privacy", "watermark")
+ENCLAVE_PACKAGES = ("veil.enclave", "veil.sdk", "veil.v1", "veil.privacy", "veil.watermark")
 _SUFFIXES = {".py", ".pem", ".proto"}
 
 
-def code_manifest() -> bytes:
+def _package_root(name: str, site: Path | None) -> Path:
+    if site is not None:
+        root = site.joinpath(*name.split("."))
+        if not root.is_dir():
+            raise ConfigError(f"cannot measure: {root} is not a folder")
+        return root
+    spec = find_spec(name)  # locate without importing: measuring must not run the code
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"cannot measure: package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def code_manifest(site: Path | None = None) -> bytes:
     """``<sha256>  <package/path>`` per source file, sorted by path: what is measured."""
     lines = []
     for name in ENCLAVE_PACKAGES:
-        spec = find_spec(name)  # locate without importing: measuring must not run the code
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"cannot measure: package {name!r} is not installed")
-        root = Path(next(iter(spec.submodule_search_locations)))
+        root = _package_root(name, site)
         for path in sorted(root.rglob("*")):
             if path.suffix not in _SUFFIXES or "__pycache__" in path.parts or not path.is_file():
                 continue
@@ -36,11 +47,11 @@ def code_manifest() -> bytes:
     return ("\n".join(sorted(lines, key=lambda line: line[66:])) + "\n").encode()
 
 
-def measure(config: ServerConfig) -> bytes:
-    """The 48-byte measurement for this code and ``config``."""
+def measure(config: ServerConfig, site: Path | None = None) -> bytes:
+    """The 48-byte measurement for this code (or the code in ``site``) and ``config``."""
     h = hashlib.sha384()
     h.update(b"veil/measurement/v1\0")
-    manifest = code_manifest()
+    manifest = code_manifest(site)
     h.update(len(manifest).to_bytes(8, "big") + manifest)
     canonical = config.canonical()
     h.update(len(canonical).to_bytes(8, "big") + canonical)

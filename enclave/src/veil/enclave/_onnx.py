@@ -40,6 +40,7 @@ from veil.enclave._admission import (
     spec_of,
     validate_onnx,
 )
+from veil.enclave._batching import NO_BATCHING, Batcher, BatchPolicy
 from veil.enclave._errors import InvalidInput, LimitExceeded, Overloaded, TimedOut
 from veil.enclave._limits import InferenceLimits
 from veil.enclave._watchdog import Watchdog
@@ -66,6 +67,7 @@ _CPU_ARENA = ort.OrtMemoryInfo(
     "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
 )
 _MAX_NAMES = 5
+Arrays = dict[str, npt.NDArray[np.generic]]
 _DEFAULT_LIMITS = InferenceLimits()
 
 
@@ -83,6 +85,15 @@ def _names(names: Sequence[str]) -> str:
     shown = ", ".join(short(n) for n in names[:_MAX_NAMES])
     more = f", … {len(names)} in all" if len(names) > _MAX_NAMES else ""
     return f"[{shown}{more}]"
+
+
+def _batchable(session: ort.InferenceSession, wanted: Sequence[str]) -> bool:
+    """Whether every input and wanted output has a dynamic first (batch) dimension."""
+    outputs = {o.name: o for o in session.get_outputs()}
+    args = [*session.get_inputs(), *(outputs[n] for n in wanted)]
+    return all(
+        len(a.shape) > 0 and not (isinstance(a.shape[0], int) and a.shape[0] >= 0) for a in args
+    )
 
 
 def _failure(exc: Exception, fired: str, limits: InferenceLimits) -> Exception:
@@ -105,12 +116,18 @@ def _failure(exc: Exception, fired: str, limits: InferenceLimits) -> Exception:
 class InferenceEngine:
     """ONNX Runtime sessions per model, cached (LRU), with input checks against the signature."""
 
-    def __init__(self, providers: Sequence[str], *, cache_size: int = 16) -> None:
+    def __init__(
+        self, providers: Sequence[str], *, cache_size: int = 16, intra_op_threads: int = 0
+    ) -> None:
+        """``intra_op_threads`` 0: ONNX Runtime's default (one per core); a worker process
+        of ``[server] workers = N`` takes its share of the cores."""
         self.providers = available_providers(providers)
+        self._intra_op_threads = intra_op_threads
         self._cache: OrderedDict[tuple[str, int], ort.InferenceSession] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._watchdog = Watchdog()
+        self._batcher = Batcher()
 
     def _session(
         self, key: str, load: Callable[[], bytes], memory_bytes: int
@@ -124,6 +141,11 @@ class InferenceEngine:
         check_self_contained(data)
         opts = session_options()
         opts.add_session_config_entry("session.use_env_allocators", "1")
+        # The pool's threads spin after every run: ~2 ms of CPU per 1 KB request taken from the
+        # gRPC, sealing and client work on the same cores (bench/ort_spin.py, PERFORMANCE.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self._intra_op_threads > 0:
+            opts.intra_op_num_threads = self._intra_op_threads
         # kSameAsRequested (1): the arena never rounds a request up past the cap.
         arena = ort.OrtArenaCfg({"max_mem": memory_bytes, "arena_extend_strategy": 1})
         with _ALLOCATOR_LOCK:
@@ -163,8 +185,12 @@ class InferenceEngine:
         output_names: Sequence[str] = (),
         *,
         limits: InferenceLimits = _DEFAULT_LIMITS,
-    ) -> dict[str, npt.NDArray[np.generic]]:
+        batching: BatchPolicy = NO_BATCHING,
+    ) -> Arrays:
         """Run the model named ``key`` (loaded on first use) within ``limits``.
+
+        With ``batching`` on, the run may be merged with concurrent runs of the same model and
+        input shapes (``veil.enclave._batching``); the answer is this request's rows only.
 
         Raise ``InvalidInput`` (inputs, outputs, or a run ORT refused), ``TimedOut`` (deadline
         or shutdown), ``LimitExceeded`` (memory) or ``Overloaded`` (after ``terminate_all``).
@@ -200,6 +226,28 @@ class InferenceEngine:
                 f"unknown output(s) {_names(unknown)}; model outputs are {_names(names)}"
             )
         wanted = list(output_names) or names
+
+        def execute(arrays: Mapping[str, npt.NDArray[np.generic]]) -> Arrays:
+            return self._run_once(session, wanted, arrays, limits)
+
+        if batching.enabled and _batchable(session, wanted):
+            group = (key, limits.memory_bytes, limits.timeout_seconds, tuple(wanted))
+            return self._batcher.run(group, dict(inputs), batching, execute)
+        return execute(inputs)
+
+    @property
+    def batch_stats(self) -> tuple[int, int]:
+        """(batched runs, requests they served) since start."""
+        return self._batcher.stats
+
+    def _run_once(
+        self,
+        session: ort.InferenceSession,
+        wanted: list[str],
+        inputs: Mapping[str, npt.NDArray[np.generic]],
+        limits: InferenceLimits,
+    ) -> Arrays:
+        """One ORT run under the watchdog; inputs go in as ``OrtValue``s over their own memory."""
         feeds = {
             n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()
         }

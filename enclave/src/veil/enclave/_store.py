@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -32,6 +33,9 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 # zero (so one version has one spelling), and no more than ``ModelInfo.version`` (uint32) can carry.
 _VERSION_RE = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 MAX_VERSION = 2**32 - 1
+# A directory listing is cached only once its mtime is this much older than the listing: two
+# changes inside one tick of the filesystem's clock (1-10 ms) can leave the same mtime.
+_RACY_NS = 100_000_000
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -90,15 +94,19 @@ class ModelStore:
         storage_key: Callable[[str], bytes],
         clock: Callable[[], datetime],
         headroom: int = 0,
+        sweep: bool = True,
     ) -> None:
+        """``sweep=False`` in a worker process: another worker's upload may be in flight."""
         self._root = root
         self._storage_key = storage_key
         self._clock = clock
         self._headroom = headroom
         self._lock = threading.RLock()
-        self._cache: dict[tuple[str, str], dict[int, ModelRecord]] = {}
+        # (tenant, name) -> (the model directory's st_mtime_ns when listed, its live versions)
+        self._cache: dict[tuple[str, str], tuple[int, dict[int, ModelRecord]]] = {}
         root.mkdir(parents=True, exist_ok=True)
-        self._sweep_orphans()
+        if sweep:
+            self._sweep_orphans()
 
     def _dir(self, tenant: str, name: str) -> Path:
         return self._root / tenant / name
@@ -165,18 +173,38 @@ class ModelStore:
         return sorted(records, key=lambda r: (r.name, r.version))
 
     def _versions(self, tenant: str, name: str) -> dict[int, ModelRecord]:
-        """The live versions of a model, read from disk once and then kept current."""
+        """The live versions of a model, cached while its directory's mtime stays the same.
+
+        A version appears or goes by a rename inside the model's directory (metadata written
+        last; ``v<N>.json`` → ``v<N>.deleted``), which changes the directory's ``st_mtime_ns``:
+        one ``stat`` per resolve sees what another process (a worker) registered or deleted.
+        """
         key = (tenant, name)
+        folder = self._dir(tenant, name)
+        try:
+            stamp = folder.stat().st_mtime_ns
+        except FileNotFoundError:
+            with self._lock:
+                self._cache.pop(key, None)
+            return {}
         with self._lock:
             cached = self._cache.get(key)
-            if cached is None:
-                cached = {
-                    int(p.stem[1:]): ModelRecord.from_json(p.read_bytes())
-                    for p in self._dir(tenant, name).glob("v*.json")
-                    if _VERSION_RE.fullmatch(p.stem[1:])
-                }
-                self._cache[key] = cached
-            return cached
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            listed_at = time.time_ns()
+            versions: dict[int, ModelRecord] = {}
+            for path in folder.glob("v*.json"):
+                if not _VERSION_RE.fullmatch(path.stem[1:]):
+                    continue
+                try:
+                    versions[int(path.stem[1:])] = ModelRecord.from_json(path.read_bytes())
+                except FileNotFoundError:  # deleted (by another worker) since the listing
+                    continue
+            if listed_at - stamp > _RACY_NS:
+                self._cache[key] = (stamp, versions)
+            else:
+                self._cache.pop(key, None)
+            return versions
 
     def resolve(self, tenant: str, ref: str) -> ModelRecord:
         name, version = parse_ref(ref)

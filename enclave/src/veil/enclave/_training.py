@@ -12,7 +12,7 @@ import json
 import math
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rfc8785
 
@@ -21,14 +21,18 @@ from veil.enclave._errors import InvalidInput
 from veil.enclave._handled import EnclaveContext, Handled, model_info
 from veil.enclave._onnx import validate_onnx
 from veil.enclave._store import parse_ref
+from veil.enclave._training_mark import claim_digest as _claim_digest
+from veil.enclave._training_mark import prepare_mark
 from veil.sdk.audit import EventType, Outcome
 from veil.sdk.errors import ConfigError, PrivacyBudgetExceeded
 from veil.v1 import training_pb2
 
+if TYPE_CHECKING:
+    from veil.privacy import BudgetLedger
+
 __all__ = ["CERTIFICATE_HEADER", "TrainingDesk"]
 
 CERTIFICATE_HEADER = "veil-training-certificate/v1"
-DEFAULT_JOB_DELTA = 1e-6  # deltas add up per dataset: ten such jobs fit the default 1e-5
 Emit = Callable[[training_pb2.TrainProgress], None]
 
 
@@ -59,7 +63,7 @@ def _spec_fields(req: training_pb2.TrainRequest) -> dict[str, Any]:
 class TrainingDesk:
     """Datasets, budgets and DP training jobs for one enclave."""
 
-    def __init__(self, enclave: EnclaveContext) -> None:
+    def __init__(self, enclave: EnclaveContext, ledger: BudgetLedger | None = None) -> None:
         from veil.privacy import BudgetConfig, BudgetLedger
 
         self._enclave = enclave
@@ -69,7 +73,8 @@ class TrainingDesk:
             storage_key=lambda tenant: enclave.tee.sealing_key(b"datasets/" + tenant.encode()),
             headroom=config.limits.audit_headroom_bytes,
         )
-        self.ledger = BudgetLedger(
+        # A replica's ledger is the deployment's shared one (PostgreSQL, veil.enclave.scaleout).
+        self.ledger = ledger or BudgetLedger(
             config.data_dir / "privacy-budget.sqlite",
             default_budget=BudgetConfig(config.budget_epsilon, config.budget_delta),
         )
@@ -132,6 +137,22 @@ class TrainingDesk:
 
     # -- training -------------------------------------------------------------------------
 
+    def _delta_share(self, tenant: str, dataset: str, req: training_pb2.TrainRequest) -> float:
+        """A job's delta when its request names none: its share of the dataset's delta, in
+        proportion to its epsilon (``BudgetStatus.delta_share``), so delta never limits it."""
+        if not req.target_epsilon > 0:
+            raise InvalidInput("target_epsilon must be positive")
+        share = self.ledger.status(tenant, dataset).delta_share(req.target_epsilon)
+        if share <= 0:
+            status = self.ledger.status(tenant, dataset)
+            raise PrivacyBudgetExceeded(
+                f"dataset {dataset[:16]} has epsilon {status.remaining_epsilon:.4g} and delta "
+                f"{status.remaining_delta:.3g} left",
+                remaining_epsilon=status.remaining_epsilon,
+                remaining_delta=status.remaining_delta,
+            )
+        return share
+
     def train(
         self, tenant: str, key_id: str, origin: str, req: training_pb2.TrainRequest, emit: Emit
     ) -> Handled:
@@ -165,7 +186,7 @@ class TrainingDesk:
                 learning_rate=req.learning_rate or 0.5,
                 optimizer=req.optimizer or "sgd",
                 max_grad_norm=req.max_grad_norm or 1.0,
-                delta=req.delta or DEFAULT_JOB_DELTA,
+                delta=req.delta or self._delta_share(tenant, req.dataset_sha256, req),
                 target_epsilon=req.target_epsilon,
                 accountant=AccountantKind(req.accountant or "prv"),
                 noise=NoiseMode(req.noise or "secure"),
@@ -174,6 +195,7 @@ class TrainingDesk:
             plan = plan_training(dataset.num_rows, config)
         except (ConfigError, ValueError) as exc:
             raise InvalidInput(str(exc).splitlines()[0]) from exc
+        mark = prepare_mark(req.watermark, spec) if req.HasField("watermark") else None
 
         parse_ref(name)
         job_id = secrets.token_hex(8)
@@ -236,6 +258,7 @@ class TrainingDesk:
                 on_charge=charged,
                 progress=progress,
                 progress_every=max(1, plan.steps // 50),
+                weight_hook=None if mark is None else mark.hook,
             )
         except PrivacyBudgetExceeded:
             failed("budget exceeded")
@@ -245,6 +268,11 @@ class TrainingDesk:
             raise InvalidInput(f"training stopped after {exc.steps_started} step(s)") from exc
         except Exception as exc:
             failed(type(exc).__name__)
+            raise
+        try:
+            trained_mark = None if mark is None else mark.finish(result.onnx, enclave.clock())
+        except InvalidInput:
+            failed("watermark not embedded")
             raise
         validated = validate_onnx(
             result.onnx,
@@ -261,6 +289,8 @@ class TrainingDesk:
             "code_measurement": enclave.measurement.hex(),
             "issued_at": enclave.clock().isoformat(),
         }
+        if trained_mark is not None:  # the certificate binds the claim to the trained model
+            certified["watermark_claim_sha256"] = _claim_digest(trained_mark.claim_json)
         body = bytes(rfc8785.dumps(certified)).decode()
         certificate = enclave.audit.signer.sign_note(f"{CERTIFICATE_HEADER}\n{body}\n")
         enclave.record(
@@ -272,13 +302,24 @@ class TrainingDesk:
                 "model_sha256": model.sha256,
                 "epsilon": repr(result.record.epsilon),
                 "steps": result.record.steps,
+                **(
+                    {}
+                    if mark is None
+                    else {
+                        "watermark_commitment": mark.commitment,
+                        "owner_public_key": mark.owner_public_key,
+                    }
+                ),
             },
             **common,
         )
         return Handled(
             training_pb2.TrainEvent(
                 result=training_pb2.TrainResult(
-                    model=model_info(model), record_json=body, certificate=certificate
+                    model=model_info(model),
+                    record_json=body,
+                    certificate=certificate,
+                    watermark=trained_mark,
                 )
             ),
             resource=model.ref,

@@ -29,7 +29,7 @@ class WatermarkDesk:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         from veil.privacy import load_dataset
-        from veil.watermark import WatermarkKey, embed_onnx
+        from veil.watermark import DEFAULT_EMBED_EPOCHS, WatermarkKey, embed_onnx
 
         enclave = self._enclave
         source = enclave.store.resolve(tenant, req.model)
@@ -48,7 +48,7 @@ class WatermarkDesk:
                 x=dataset.features.reshape(dataset.num_rows, -1),
                 y=dataset.labels,
                 now=enclave.clock(),
-                epochs=req.epochs or 30,
+                epochs=req.epochs or DEFAULT_EMBED_EPOCHS,
             )
         except (WatermarkError, ConfigError) as exc:
             raise InvalidInput(str(exc).splitlines()[0]) from exc

@@ -42,6 +42,7 @@ from veil.enclave._service import (
     WatermarkServicer,
 )
 from veil.enclave._status import abort_with
+from veil.enclave._telemetry import Telemetry
 from veil.sdk.errors import ProtocolError, VeilError
 from veil.v1 import (
     attestation_pb2,
@@ -116,6 +117,7 @@ class RunningServer:
     admission: Admission
     watchdog: IdleWatchdog
     executor: futures.ThreadPoolExecutor
+    telemetry: Telemetry
 
     @property
     def address(self) -> str:
@@ -144,6 +146,7 @@ class RunningServer:
         if not drained:
             log.warning("calls still running after the grace period were abandoned")
         self.enclave.close()
+        self.telemetry.close()
         return drained
 
 
@@ -160,8 +163,14 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def server_options(limits: Limits, max_message_bytes: int) -> list[tuple[str, int]]:
-    """Transport bounds: message sizes, streams per connection, keepalive and ping policy."""
+def server_options(
+    limits: Limits, max_message_bytes: int, *, reuse_port: bool = False
+) -> list[tuple[str, int]]:
+    """Transport bounds: message sizes, streams per connection, keepalive and ping policy.
+
+    ``reuse_port``: a worker process of ``[server] workers = N`` shares its supervisor's port
+    (``veil.enclave._workers``); otherwise the port is never shared.
+    """
     keepalive_ms = int(limits.keepalive_seconds * 1000)
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -172,7 +181,7 @@ def server_options(limits: Limits, max_message_bytes: int) -> list[tuple[str, in
         ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
         # A port another enclave holds is refused, not shared (grpc sets SO_REUSEPORT).
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -182,8 +191,13 @@ def create_server(
     host: str = "127.0.0.1",
     port: int = 0,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    telemetry: Telemetry | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Bind and start; ``port=0`` picks a free port, returned in ``RunningServer.port``.
+
+    ``reuse_port``: join the SO_REUSEPORT group of a port the caller reserved (a worker
+    process; the kernel spreads connections over the group).
 
     The worker threads are sized from ``config.limits``: one per admission slot, plus
     ``RESERVED_WORKERS`` that only attestation and health can use.
@@ -194,11 +208,14 @@ def create_server(
     executor = futures.ThreadPoolExecutor(max_workers=admission.workers, thread_name_prefix="veil")
     server = grpc.server(
         executor,
-        options=server_options(limits, enclave.config.max_message_bytes + 1024 * 1024),
+        options=server_options(
+            limits, enclave.config.max_message_bytes + 1024 * 1024, reuse_port=reuse_port
+        ),
         interceptors=list(interceptors),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
-    guarded = _Registrar(server, _Guard(admission, watchdog))
+    telemetry = telemetry or Telemetry(enclave.config.observability, tenants=enclave.config.tenants)
+    guarded = _Registrar(server, telemetry.wrap(_Guard(admission, watchdog), call_class))
     attestation_pb2_grpc.add_AttestationServiceServicer_to_server(
         AttestationServicer(enclave), guarded
     )
@@ -211,8 +228,14 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guarded)
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), guarded
+    if enclave.config.reflection:  # off by default: a debugging aid, not for production
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), guarded
+        )
+    telemetry.start(
+        admission=admission,
+        executor=executor,
+        budget=lambda: enclave.training.ledger.spent_by_tenant(),
     )
     address = f"{host}:{port}"
     try:
@@ -224,6 +247,7 @@ def create_server(
         bound = 0
     if bound == 0:
         watchdog.close()
+        telemetry.close()
         raise OSError(errno.EADDRINUSE, f"could not bind {address} (in use?)")
     server.start()
     return RunningServer(
@@ -234,6 +258,7 @@ def create_server(
         admission=admission,
         watchdog=watchdog,
         executor=executor,
+        telemetry=telemetry,
     )
 
 
@@ -371,7 +396,7 @@ def _holding(
 
 
 class _GuardedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, inner: Any, guard: _Guard) -> None:
+    def __init__(self, inner: Any, guard: Callable[[str, Any], Any]) -> None:
         self._inner = inner
         self._guard = guard
 
@@ -383,7 +408,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
 class _Registrar:
     """Stands in for the server while services register, so every handler gets guarded."""
 
-    def __init__(self, server: grpc.Server, guard: _Guard) -> None:
+    def __init__(self, server: grpc.Server, guard: Callable[[str, Any], Any]) -> None:
         self._server = server
         self._guard = guard
 

@@ -18,6 +18,7 @@ from ._jobs import train_with_budget
 from ._ledger import BudgetConfig, BudgetLedger, BudgetStatus, Charge
 from ._models import ModelSpec, build_model, make_private_compatible
 from ._noise import ENTROPY_BYTES, NoiseMode, NoiseSource, rekey_generator
+from ._pg_ledger import PostgresBudgetLedger
 from ._record import TrainingRecord
 from ._training import (
     GRAD_SAMPLE_MODES,
@@ -46,6 +47,7 @@ __all__ = [
     "AuditedStep",
     "BudgetConfig",
     "BudgetLedger",
+    "PostgresBudgetLedger",
     "BudgetStatus",
     "Charge",
     "Dataset",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from ._datasets import Dataset
 from ._ledger import BudgetLedger, Charge
 from ._models import ModelSpec
@@ -34,6 +36,7 @@ def train_with_budget(
     progress_every: int = 0,
     plan: TrainingPlan | None = None,
     on_charge: Callable[[Charge], None] | None = None,
+    weight_hook: Callable[[nn.Module], None] | None = None,
 ) -> TrainingResult:
     """Plan the job, charge its full epsilon to (tenant, dataset digest) BEFORE training, train,
     then settle: a finished job keeps its charge; a job that stopped is refunded only for the
@@ -41,7 +44,9 @@ def train_with_budget(
     budget cannot cover the job, and re-raises ``TrainingAborted`` after settling.
 
     ``plan`` is the job's schedule when the caller already fixed it (``plan_training``);
-    ``on_charge`` is told of the charge once it is durable, before training starts."""
+    ``on_charge`` is told of the charge once it is durable, before training starts;
+    ``weight_hook`` is passed to :func:`train` (a weights-only regulariser, outside the
+    accounting)."""
     if plan is None:
         plan = plan_training(dataset.num_rows, config)
     charge = ledger.charge(tenant, dataset.sha256, plan, job_id=job_id)
@@ -56,6 +61,7 @@ def train_with_budget(
             noise=noise,
             progress=progress,
             progress_every=progress_every,
+            weight_hook=weight_hook,
         )
     except TrainingAborted as exc:
         ledger.settle(charge.id, steps_started=exc.steps_started)

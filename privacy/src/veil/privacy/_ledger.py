@@ -33,6 +33,10 @@ from ._training import TrainingPlan
 
 __all__ = ["BudgetConfig", "BudgetLedger", "BudgetStatus", "Charge"]
 
+# ``BudgetStatus.delta_share`` gives this much less than the exact share: sums of shares then
+# never pass the budget by a rounding error.
+DELTA_SHARE_MARGIN = 1e-9
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS budgets (
     tenant TEXT NOT NULL,
@@ -101,6 +105,19 @@ class BudgetStatus:
     @property
     def remaining_delta(self) -> float:
         return max(0.0, self.budget_delta - self.spent_delta)
+
+    def delta_share(self, epsilon: float) -> float:
+        """The delta for a job of ``epsilon`` that leaves no job short of delta: the remaining
+        delta in proportion to the share of the remaining epsilon the job takes.
+
+        A job with this delta fits the delta budget whenever its epsilon fits the epsilon
+        budget, and the ratio of delta to epsilon left is the same after it, so delta never
+        limits such jobs (the share is shaved by one part in 1e9 against rounding).
+        """
+        eps_left = self.remaining_epsilon
+        if eps_left <= 0 or not math.isfinite(epsilon) or epsilon <= 0:
+            return 0.0
+        return self.remaining_delta * min(1.0, epsilon / eps_left) * (1 - DELTA_SHARE_MARGIN)
 
 
 class BudgetLedger:
@@ -279,6 +296,17 @@ class BudgetLedger:
                 (new_eps, new_delta, steps_started, charge_id),
             )
         return Charge(charge_id, tenant, dataset, job_id, new_eps, new_delta, settled=True)
+
+    def spent_by_tenant(self) -> dict[str, tuple[float, float]]:
+        """(epsilon, delta) charged per tenant, summed over its datasets (open charges in full)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT tenant, epsilon, delta FROM charges").fetchall()
+        eps: dict[str, list[float]] = {}
+        deltas: dict[str, list[float]] = {}
+        for tenant, e, d in rows:
+            eps.setdefault(tenant, []).append(float(e))
+            deltas.setdefault(tenant, []).append(float(d))
+        return {t: (math.fsum(eps[t]), math.fsum(deltas[t])) for t in eps}
 
     def charges(self, tenant: str, dataset_sha256: str) -> list[Charge]:
         with self._connect() as conn:

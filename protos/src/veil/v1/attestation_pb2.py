@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veil/v1/attestation.proto\x12\x07veil.v1\"#\n\x12\x41ttestationRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\xef\x01\n\x13\x41ttestationEvidence\x12\x0b\n\x03tee\x18\x01 \x01(\t\x12\x0e\n\x06report\x18\x02 \x01(\x0c\x12\x12\n\ncert_chain\x18\x03 \x03(\x0c\x12\x0e\n\x06\x63laims\x18\x04 \x01(\x0c\x12\"\n\x04gpus\x18\x05 \x03(\x0b\x32\x14.veil.v1.GpuEvidence\x12@\n\ncollateral\x18\x06 \x03(\x0b\x32,.veil.v1.AttestationEvidence.CollateralEntry\x1a\x31\n\x0f\x43ollateralEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"3\n\x0bGpuEvidence\x12\x0c\n\x04spdm\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x02 \x01(\x0c\"\xd1\x01\n\rEnclaveClaims\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x1f\n\x04keys\x18\x03 \x03(\x0b\x32\x11.veil.v1.SuiteKey\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0fmeasurement_hex\x18\x06 \x01(\t\x12\x15\n\raudit_log_key\x18\x07 \x01(\x0c\x12\x18\n\x10\x61udit_log_origin\x18\x08 \x01(\t\"-\n\x08SuiteKey\x12\r\n\x05suite\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x32\x61\n\x12\x41ttestationService\x12K\n\x0eGetAttestation\x12\x1b.veil.v1.AttestationRequest\x1a\x1c.veil.v1.AttestationEvidenceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veil/v1/attestation.proto\x12\x07veil.v1\"#\n\x12\x41ttestationRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\xef\x01\n\x13\x41ttestationEvidence\x12\x0b\n\x03tee\x18\x01 \x01(\t\x12\x0e\n\x06report\x18\x02 \x01(\x0c\x12\x12\n\ncert_chain\x18\x03 \x03(\x0c\x12\x0e\n\x06\x63laims\x18\x04 \x01(\x0c\x12\"\n\x04gpus\x18\x05 \x03(\x0b\x32\x14.veil.v1.GpuEvidence\x12@\n\ncollateral\x18\x06 \x03(\x0b\x32,.veil.v1.AttestationEvidence.CollateralEntry\x1a\x31\n\x0f\x43ollateralEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"3\n\x0bGpuEvidence\x12\x0c\n\x04spdm\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x02 \x01(\x0c\"\xea\x01\n\rEnclaveClaims\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x1f\n\x04keys\x18\x03 \x03(\x0b\x32\x11.veil.v1.SuiteKey\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0fmeasurement_hex\x18\x06 \x01(\t\x12\x15\n\raudit_log_key\x18\x07 \x01(\x0c\x12\x18\n\x10\x61udit_log_origin\x18\x08 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\t \x01(\x0c\"-\n\x08SuiteKey\x12\r\n\x05suite\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x32\x61\n\x12\x41ttestationService\x12K\n\x0eGetAttestation\x12\x1b.veil.v1.AttestationRequest\x1a\x1c.veil.v1.AttestationEvidenceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPUEVIDENCE']._serialized_start=317
   _globals['_GPUEVIDENCE']._serialized_end=368
   _globals['_ENCLAVECLAIMS']._serialized_start=371
-  _globals['_ENCLAVECLAIMS']._serialized_end=580
-  _globals['_SUITEKEY']._serialized_start=582
-  _globals['_SUITEKEY']._serialized_end=627
-  _globals['_ATTESTATIONSERVICE']._serialized_start=629
-  _globals['_ATTESTATIONSERVICE']._serialized_end=726
+  _globals['_ENCLAVECLAIMS']._serialized_end=605
+  _globals['_SUITEKEY']._serialized_start=607
+  _globals['_SUITEKEY']._serialized_end=652
+  _globals['_ATTESTATIONSERVICE']._serialized_start=654
+  _globals['_ATTESTATIONSERVICE']._serialized_end=751
 # @@protoc_insertion_point(module_scope)

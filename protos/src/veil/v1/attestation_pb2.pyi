@@ -44,7 +44,7 @@ class GpuEvidence(_message.Message):
     def __init__(self, spdm: _Optional[bytes] = ..., cert_chain_pem: _Optional[bytes] = ...) -> None: ...
 
 class EnclaveClaims(_message.Message):
-    __slots__ = ("protocol_version", "key_id", "keys", "issued_at_ms", "expires_at_ms", "measurement_hex", "audit_log_key", "audit_log_origin")
+    __slots__ = ("protocol_version", "key_id", "keys", "issued_at_ms", "expires_at_ms", "measurement_hex", "audit_log_key", "audit_log_origin", "manifest_sha256")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class EnclaveClaims(_message.Message):
     MEASUREMENT_HEX_FIELD_NUMBER: _ClassVar[int]
     AUDIT_LOG_KEY_FIELD_NUMBER: _ClassVar[int]
     AUDIT_LOG_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     key_id: str
     keys: _containers.RepeatedCompositeFieldContainer[SuiteKey]
@@ -61,7 +62,8 @@ class EnclaveClaims(_message.Message):
     measurement_hex: str
     audit_log_key: bytes
     audit_log_origin: str
-    def __init__(self, protocol_version: _Optional[int] = ..., key_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[SuiteKey, _Mapping]]] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., measurement_hex: _Optional[str] = ..., audit_log_key: _Optional[bytes] = ..., audit_log_origin: _Optional[str] = ...) -> None: ...
+    manifest_sha256: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., key_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[SuiteKey, _Mapping]]] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., measurement_hex: _Optional[str] = ..., audit_log_key: _Optional[bytes] = ..., audit_log_origin: _Optional[str] = ..., manifest_sha256: _Optional[bytes] = ...) -> None: ...
 
 class SuiteKey(_message.Message):
     __slots__ = ("suite", "public_key")

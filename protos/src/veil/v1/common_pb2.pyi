@@ -59,14 +59,16 @@ class SealedResponse(_message.Message):
     def __init__(self, request_id: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ..., seq: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class ResponseBody(_message.Message):
-    __slots__ = ("payload", "receipt", "error")
+    __slots__ = ("payload", "receipt", "error", "replica")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     receipt: str
     error: ErrorBody
-    def __init__(self, payload: _Optional[bytes] = ..., receipt: _Optional[str] = ..., error: _Optional[_Union[ErrorBody, _Mapping]] = ...) -> None: ...
+    replica: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., receipt: _Optional[str] = ..., error: _Optional[_Union[ErrorBody, _Mapping]] = ..., replica: _Optional[bytes] = ...) -> None: ...
 
 class ErrorBody(_message.Message):
     __slots__ = ("code", "reason", "message")
@@ -79,11 +81,13 @@ class ErrorBody(_message.Message):
     def __init__(self, code: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RequestBody(_message.Message):
-    __slots__ = ("response_key", "api_key", "payload")
+    __slots__ = ("response_key", "api_key", "payload", "receipt_version")
     RESPONSE_KEY_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_VERSION_FIELD_NUMBER: _ClassVar[int]
     response_key: bytes
     api_key: str
     payload: bytes
-    def __init__(self, response_key: _Optional[bytes] = ..., api_key: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    receipt_version: int
+    def __init__(self, response_key: _Optional[bytes] = ..., api_key: _Optional[str] = ..., payload: _Optional[bytes] = ..., receipt_version: _Optional[int] = ...) -> None: ...

@@ -26,7 +26,7 @@ from veil.v1 import common_pb2 as veil_dot_v1_dot_common__pb2
 from veil.v1 import models_pb2 as veil_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16veil/v1/training.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\x1a\x14veil/v1/models.proto\"e\n\rDatasetHeader\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x14\n\x0clabel_column\x18\x05 \x01(\t\"u\n\x0b\x44\x61tasetInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x15\n\rfeature_shape\x18\x04 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x0c\n\x04size\x18\x06 \x01(\x04\"\xe4\x02\n\x0cTrainRequest\x12\x16\n\x0e\x64\x61taset_sha256\x18\x01 \x01(\t\x12\x12\n\nmodel_kind\x18\x02 \x01(\t\x12\x0e\n\x06hidden\x18\x03 \x03(\r\x12\x10\n\x08\x63hannels\x18\x04 \x03(\r\x12\x12\n\nactivation\x18\x05 \x01(\t\x12\x0c\n\x04norm\x18\x06 \x01(\t\x12\x16\n\x0etarget_epsilon\x18\x07 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x08 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\t \x01(\x01\x12\x0e\n\x06\x65pochs\x18\n \x01(\r\x12\x12\n\nbatch_size\x18\x0b \x01(\r\x12\x15\n\rlearning_rate\x18\x0c \x01(\x01\x12\x11\n\toptimizer\x18\r \x01(\t\x12\x12\n\naccountant\x18\x0e \x01(\t\x12\r\n\x05noise\x18\x0f \x01(\t\x12\x0c\n\x04seed\x18\x10 \x01(\x03\x12\x12\n\nmodel_name\x18\x11 \x01(\t\x12\x13\n\x0binput_shape\x18\x12 \x03(\r\"`\n\rTrainProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x04\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\"Z\n\x0bTrainResult\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.veil.v1.ModelInfo\x12\x13\n\x0brecord_json\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\t\"h\n\nTrainEvent\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.veil.v1.TrainProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.veil.v1.TrainResultH\x00\x42\x06\n\x04kind\"\'\n\rBudgetRequest\x12\x16\n\x0e\x64\x61taset_sha256\x18\x01 \x01(\t\"\x85\x01\n\x0e\x42udgetResponse\x12\x16\n\x0e\x65psilon_budget\x18\x01 \x01(\x01\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x03 \x01(\x01\x12\x14\n\x0c\x64\x65lta_budget\x18\x04 \x01(\x01\x12\x13\n\x0b\x64\x65lta_spent\x18\x05 \x01(\x01\x32\xcf\x01\n\x0fTrainingService\x12\x42\n\rUploadDataset\x12\x16.veil.v1.UploadMessage\x1a\x17.veil.v1.SealedResponse(\x01\x12:\n\x05Train\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse0\x01\x12<\n\tGetBudget\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16veil/v1/training.proto\x12\x07veil.v1\x1a\x14veil/v1/common.proto\x1a\x14veil/v1/models.proto\"e\n\rDatasetHeader\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x14\n\x0clabel_column\x18\x05 \x01(\t\"u\n\x0b\x44\x61tasetInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x15\n\rfeature_shape\x18\x04 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x0c\n\x04size\x18\x06 \x01(\x04\"\x93\x03\n\x0cTrainRequest\x12\x16\n\x0e\x64\x61taset_sha256\x18\x01 \x01(\t\x12\x12\n\nmodel_kind\x18\x02 \x01(\t\x12\x0e\n\x06hidden\x18\x03 \x03(\r\x12\x10\n\x08\x63hannels\x18\x04 \x03(\r\x12\x12\n\nactivation\x18\x05 \x01(\t\x12\x0c\n\x04norm\x18\x06 \x01(\t\x12\x16\n\x0etarget_epsilon\x18\x07 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x08 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\t \x01(\x01\x12\x0e\n\x06\x65pochs\x18\n \x01(\r\x12\x12\n\nbatch_size\x18\x0b \x01(\r\x12\x15\n\rlearning_rate\x18\x0c \x01(\x01\x12\x11\n\toptimizer\x18\r \x01(\t\x12\x12\n\naccountant\x18\x0e \x01(\t\x12\r\n\x05noise\x18\x0f \x01(\t\x12\x0c\n\x04seed\x18\x10 \x01(\x03\x12\x12\n\nmodel_name\x18\x11 \x01(\t\x12\x13\n\x0binput_shape\x18\x12 \x03(\r\x12-\n\twatermark\x18\x13 \x01(\x0b\x32\x1a.veil.v1.TrainingWatermark\"l\n\x11TrainingWatermark\x12\x19\n\x11owner_private_key\x18\x01 \x01(\x0c\x12\x1a\n\x12watermark_key_json\x18\x02 \x01(\t\x12\x10\n\x08strength\x18\x03 \x01(\x01\x12\x0e\n\x06n_bits\x18\x04 \x01(\r\"`\n\rTrainProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x04\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\"\x88\x01\n\x0bTrainResult\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.veil.v1.ModelInfo\x12\x13\n\x0brecord_json\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\t\x12,\n\twatermark\x18\x04 \x01(\x0b\x32\x19.veil.v1.TrainedWatermark\"X\n\x10TrainedWatermark\x12\x12\n\nclaim_json\x18\x01 \x01(\t\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x0f\n\x07matches\x18\x03 \x01(\r\x12\x0e\n\x06n_bits\x18\x04 \x01(\r\"h\n\nTrainEvent\x12*\n\x08progress\x18\x01 \x01(\x0b\x32\x16.veil.v1.TrainProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.veil.v1.TrainResultH\x00\x42\x06\n\x04kind\"\'\n\rBudgetRequest\x12\x16\n\x0e\x64\x61taset_sha256\x18\x01 \x01(\t\"\x85\x01\n\x0e\x42udgetResponse\x12\x16\n\x0e\x65psilon_budget\x18\x01 \x01(\x01\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x03 \x01(\x01\x12\x14\n\x0c\x64\x65lta_budget\x18\x04 \x01(\x01\x12\x13\n\x0b\x64\x65lta_spent\x18\x05 \x01(\x01\x32\xcf\x01\n\x0fTrainingService\x12\x42\n\rUploadDataset\x12\x16.veil.v1.UploadMessage\x1a\x17.veil.v1.SealedResponse(\x01\x12:\n\x05Train\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponse0\x01\x12<\n\tGetBudget\x12\x16.veil.v1.SealedRequest\x1a\x17.veil.v1.SealedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETINFO']._serialized_start=182
   _globals['_DATASETINFO']._serialized_end=299
   _globals['_TRAINREQUEST']._serialized_start=302
-  _globals['_TRAINREQUEST']._serialized_end=658
-  _globals['_TRAINPROGRESS']._serialized_start=660
-  _globals['_TRAINPROGRESS']._serialized_end=756
-  _globals['_TRAINRESULT']._serialized_start=758
-  _globals['_TRAINRESULT']._serialized_end=848
-  _globals['_TRAINEVENT']._serialized_start=850
-  _globals['_TRAINEVENT']._serialized_end=954
-  _globals['_BUDGETREQUEST']._serialized_start=956
-  _globals['_BUDGETREQUEST']._serialized_end=995
-  _globals['_BUDGETRESPONSE']._serialized_start=998
-  _globals['_BUDGETRESPONSE']._serialized_end=1131
-  _globals['_TRAININGSERVICE']._serialized_start=1134
-  _globals['_TRAININGSERVICE']._serialized_end=1341
+  _globals['_TRAINREQUEST']._serialized_end=705
+  _globals['_TRAININGWATERMARK']._serialized_start=707
+  _globals['_TRAININGWATERMARK']._serialized_end=815
+  _globals['_TRAINPROGRESS']._serialized_start=817
+  _globals['_TRAINPROGRESS']._serialized_end=913
+  _globals['_TRAINRESULT']._serialized_start=916
+  _globals['_TRAINRESULT']._serialized_end=1052
+  _globals['_TRAINEDWATERMARK']._serialized_start=1054
+  _globals['_TRAINEDWATERMARK']._serialized_end=1142
+  _globals['_TRAINEVENT']._serialized_start=1144
+  _globals['_TRAINEVENT']._serialized_end=1248
+  _globals['_BUDGETREQUEST']._serialized_start=1250
+  _globals['_BUDGETREQUEST']._serialized_end=1289
+  _globals['_BUDGETRESPONSE']._serialized_start=1292
+  _globals['_BUDGETRESPONSE']._serialized_end=1425
+  _globals['_TRAININGSERVICE']._serialized_start=1428
+  _globals['_TRAININGSERVICE']._serialized_end=1635
 # @@protoc_insertion_point(module_scope)

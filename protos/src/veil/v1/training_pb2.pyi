@@ -39,7 +39,7 @@ class DatasetInfo(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., format: _Optional[str] = ..., rows: _Optional[int] = ..., feature_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("dataset_sha256", "model_kind", "hidden", "channels", "activation", "norm", "target_epsilon", "delta", "max_grad_norm", "epochs", "batch_size", "learning_rate", "optimizer", "accountant", "noise", "seed", "model_name", "input_shape")
+    __slots__ = ("dataset_sha256", "model_kind", "hidden", "channels", "activation", "norm", "target_epsilon", "delta", "max_grad_norm", "epochs", "batch_size", "learning_rate", "optimizer", "accountant", "noise", "seed", "model_name", "input_shape", "watermark")
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_KIND_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class TrainRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
     dataset_sha256: str
     model_kind: str
     hidden: _containers.RepeatedScalarFieldContainer[int]
@@ -76,7 +77,20 @@ class TrainRequest(_message.Message):
     seed: int
     model_name: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, dataset_sha256: _Optional[str] = ..., model_kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ..., channels: _Optional[_Iterable[int]] = ..., activation: _Optional[str] = ..., norm: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., accountant: _Optional[str] = ..., noise: _Optional[str] = ..., seed: _Optional[int] = ..., model_name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    watermark: TrainingWatermark
+    def __init__(self, dataset_sha256: _Optional[str] = ..., model_kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ..., channels: _Optional[_Iterable[int]] = ..., activation: _Optional[str] = ..., norm: _Optional[str] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., accountant: _Optional[str] = ..., noise: _Optional[str] = ..., seed: _Optional[int] = ..., model_name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., watermark: _Optional[_Union[TrainingWatermark, _Mapping]] = ...) -> None: ...
+
+class TrainingWatermark(_message.Message):
+    __slots__ = ("owner_private_key", "watermark_key_json", "strength", "n_bits")
+    OWNER_PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_KEY_JSON_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    N_BITS_FIELD_NUMBER: _ClassVar[int]
+    owner_private_key: bytes
+    watermark_key_json: str
+    strength: float
+    n_bits: int
+    def __init__(self, owner_private_key: _Optional[bytes] = ..., watermark_key_json: _Optional[str] = ..., strength: _Optional[float] = ..., n_bits: _Optional[int] = ...) -> None: ...
 
 class TrainProgress(_message.Message):
     __slots__ = ("epoch", "step", "total_steps", "loss", "epsilon")
@@ -93,14 +107,28 @@ class TrainProgress(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
 
 class TrainResult(_message.Message):
-    __slots__ = ("model", "record_json", "certificate")
+    __slots__ = ("model", "record_json", "certificate", "watermark")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
     model: _models_pb2.ModelInfo
     record_json: str
     certificate: str
-    def __init__(self, model: _Optional[_Union[_models_pb2.ModelInfo, _Mapping]] = ..., record_json: _Optional[str] = ..., certificate: _Optional[str] = ...) -> None: ...
+    watermark: TrainedWatermark
+    def __init__(self, model: _Optional[_Union[_models_pb2.ModelInfo, _Mapping]] = ..., record_json: _Optional[str] = ..., certificate: _Optional[str] = ..., watermark: _Optional[_Union[TrainedWatermark, _Mapping]] = ...) -> None: ...
+
+class TrainedWatermark(_message.Message):
+    __slots__ = ("claim_json", "p_value", "matches", "n_bits")
+    CLAIM_JSON_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    N_BITS_FIELD_NUMBER: _ClassVar[int]
+    claim_json: str
+    p_value: float
+    matches: int
+    n_bits: int
+    def __init__(self, claim_json: _Optional[str] = ..., p_value: _Optional[float] = ..., matches: _Optional[int] = ..., n_bits: _Optional[int] = ...) -> None: ...
 
 class TrainEvent(_message.Message):
     __slots__ = ("progress", "result")

@@ -26,6 +26,7 @@ from veil.sdk.audit import (
 from veil.sdk.errors import AuditFailure, AuditLogError, ProtocolError
 from veil.sdk.evidence import AttestedEnclave, Evidence, verify_enclave
 from veil.sdk.protocol import NONCE_LEN
+from veil.sdk.replicas import verify_replica_certificate
 from veil.v1 import attestation_pb2, audit_pb2
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
 
 EVIDENCE_FILE = "attestation/evidence.pb"
 NONCE_FILE = "attestation/nonce.bin"
+# A replica's export (docs/SCALE-OUT.md): the coordinator's certificate naming its log key.
+REPLICA_FILE = "attestation/replica.pb"
 
 
 def _log_key(enclave: AttestedEnclave) -> Verifier:
@@ -176,11 +179,15 @@ class ExportReceiver:
             self._file.close()
             self._file = None
 
-    def finish(self, enclave: AttestedEnclave) -> Path:
-        """After the summary: add the evidence that binds the log key; the export is complete."""
+    def finish(self, enclave: AttestedEnclave, replica_certificate: bytes = b"") -> Path:
+        """After the summary: add the evidence that binds the log key (and, from a replica,
+        the certificate naming its log key); the export is complete."""
         if not self._done:
             raise ProtocolError("export stream ended without its summary")
-        return _add_evidence(self.out_dir, enclave)
+        out = _add_evidence(self.out_dir, enclave)
+        if replica_certificate:
+            (out / REPLICA_FILE).write_bytes(replica_certificate)
+        return out
 
     def abort(self) -> None:
         """Remove what was written, leaving the directory empty for a retry."""
@@ -217,6 +224,21 @@ def attestation_check(
             now=now(),
             require_unexpired=False,
         )
+        if enclave.claims.manifest_sha256:  # a replica: its own log key, certified
+            try:
+                certificate = (directory / REPLICA_FILE).read_bytes()
+            except OSError as exc:
+                raise AuditLogError(
+                    f"a replica's export has no {REPLICA_FILE}", reason=AuditFailure.MISSING
+                ) from exc
+            replica = verify_replica_certificate(
+                certificate,
+                coordinator_key=enclave.claims.audit_log_key,
+                manifest_sha256=enclave.claims.manifest_sha256,
+                policy=policy,
+                now=now(),
+            )
+            return replica.log_verifier.vkey
         return _log_key(enclave).vkey
 
     return check

@@ -38,6 +38,7 @@ from veil.sdk._operations import (
     Step,
     TrainingStart,
     read_api_key,
+    training_watermark,
 )
 from veil.sdk._training import (
     BudgetInfo,
@@ -50,6 +51,7 @@ from veil.sdk.audit import Checkpoint, Receipt
 from veil.sdk.errors import ConfigError, ConfigFailure, ProtocolError, ProtocolFailure
 from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.protocol import Method, Suite
+from veil.sdk.replicas import ReplicaIdentity
 from veil.v1 import (
     attestation_pb2_grpc,
     audit_pb2_grpc,
@@ -97,7 +99,7 @@ def _train_request(
     model: str,
     *,
     target_epsilon: float,
-    delta: float,
+    delta: float | None,
     max_grad_norm: float,
     epochs: int,
     batch_size: int,
@@ -108,6 +110,7 @@ def _train_request(
     noise: str,
     seed: int,
     spec: Mapping[str, Any] | None,
+    watermark: training_pb2.TrainingWatermark | None = None,
 ) -> training_pb2.TrainRequest:
     extra = dict(spec or {})
     try:
@@ -119,7 +122,7 @@ def _train_request(
             activation=str(extra.pop("activation", "")),
             norm=str(extra.pop("norm", "")),
             target_epsilon=target_epsilon,
-            delta=delta,
+            delta=delta or 0.0,  # 0: the enclave gives the job its share (docs/PRIVACY.md)
             max_grad_norm=max_grad_norm,
             epochs=epochs,
             batch_size=batch_size,
@@ -130,6 +133,7 @@ def _train_request(
             seed=seed,
             model_name=name,
             input_shape=[int(d) for d in extra.pop("input_shape", ())],
+            watermark=watermark,
         )
     except (TypeError, ValueError) as exc:  # a value of the wrong kind (protobuf refuses it)
         raise ConfigError(f"training parameters are invalid: {exc}") from exc
@@ -180,6 +184,11 @@ class _Base(abc.ABC):
     def receipts(self) -> list[Receipt]:
         """Receipts for this client's calls, each verified on arrival (newest last)."""
         return [receipt for receipt, _ in self._core.receipts]
+
+    @property
+    def answered_by(self) -> list[ReplicaIdentity]:
+        """Replicated deployments: the certified replica behind each receipt (newest last)."""
+        return list(self._core.answered_by)
 
 
 def _advance(op: Op[Any], send: Any, error: BaseException | None) -> Step | StopIteration:
@@ -317,10 +326,11 @@ class Client(_Base):
         key: KeySource,
         dataset: str | DatasetInfo,
         *,
-        epochs: int = 30,
+        epochs: int | None = None,
     ) -> WatermarkEmbedding:
         """Mark a registered model with the owner's key (``veil watermark keygen`` KEY.json),
-        fine-tuning on an uploaded dataset; the result is registered as a new version."""
+        fine-tuning on an uploaded dataset; the result is registered as a new version.
+        ``epochs`` None: the enclave's default (120)."""
         return self._run(self._ops.embed_watermark(model, key, dataset, epochs))
 
     def verify_watermark(
@@ -350,7 +360,7 @@ class Client(_Base):
         model: str = "mlp",
         *,
         target_epsilon: float,
-        delta: float = 1e-6,
+        delta: float | None = None,
         max_grad_norm: float = 1.0,
         epochs: int = 5,
         batch_size: int = 64,
@@ -361,11 +371,17 @@ class Client(_Base):
         noise: str = "secure",
         seed: int = 0,
         spec: Mapping[str, Any] | None = None,
+        watermark: KeySource | None = None,
+        watermark_strength: float = 0.0,
     ) -> TrainingJob:
         """Start a DP-SGD job on an uploaded dataset; iterate ``job.stream()`` for progress.
 
+        ``delta=None`` lets the enclave give the job its share of the dataset's delta budget,
+        in proportion to its epsilon, so that delta never runs out before epsilon.
         A refusal for want of budget raises :class:`PrivacyBudgetExceeded` (with what is left)
-        from the job's stream.
+        from the job's stream. ``watermark`` (a ``veil watermark keygen`` KEY.json) embeds the
+        owner's mark while training (``watermark_strength``: 0 for the enclave's default); the
+        outcome's ``watermark`` holds the signed claim. The accounting is the same either way.
         """
         request = _train_request(
             dataset,
@@ -382,6 +398,9 @@ class Client(_Base):
             noise=noise,
             seed=seed,
             spec=spec,
+            watermark=None
+            if watermark is None
+            else training_watermark(watermark, watermark_strength),
         )
         start = self._run(self._ops.train(dataset, request))
         return TrainingJob(self, start)
@@ -515,10 +534,11 @@ class AsyncClient(_Base):
         key: KeySource,
         dataset: str | DatasetInfo,
         *,
-        epochs: int = 30,
+        epochs: int | None = None,
     ) -> WatermarkEmbedding:
         """Mark a registered model with the owner's key (``veil watermark keygen`` KEY.json),
-        fine-tuning on an uploaded dataset; the result is registered as a new version."""
+        fine-tuning on an uploaded dataset; the result is registered as a new version.
+        ``epochs`` None: the enclave's default (120)."""
         return await self._run(self._ops.embed_watermark(model, key, dataset, epochs))
 
     async def verify_watermark(
@@ -548,7 +568,7 @@ class AsyncClient(_Base):
         model: str = "mlp",
         *,
         target_epsilon: float,
-        delta: float = 1e-6,
+        delta: float | None = None,
         max_grad_norm: float = 1.0,
         epochs: int = 5,
         batch_size: int = 64,
@@ -559,11 +579,17 @@ class AsyncClient(_Base):
         noise: str = "secure",
         seed: int = 0,
         spec: Mapping[str, Any] | None = None,
+        watermark: KeySource | None = None,
+        watermark_strength: float = 0.0,
     ) -> AsyncTrainingJob:
         """Start a DP-SGD job on an uploaded dataset; iterate ``job.stream()`` for progress.
 
+        ``delta=None`` lets the enclave give the job its share of the dataset's delta budget,
+        in proportion to its epsilon, so that delta never runs out before epsilon.
         A refusal for want of budget raises :class:`PrivacyBudgetExceeded` (with what is left)
-        from the job's stream.
+        from the job's stream. ``watermark`` (a ``veil watermark keygen`` KEY.json) embeds the
+        owner's mark while training (``watermark_strength``: 0 for the enclave's default); the
+        outcome's ``watermark`` holds the signed claim. The accounting is the same either way.
         """
         request = _train_request(
             dataset,
@@ -580,6 +606,9 @@ class AsyncClient(_Base):
             noise=noise,
             seed=seed,
             spec=spec,
+            watermark=None
+            if watermark is None
+            else training_watermark(watermark, watermark_strength),
         )
         start = await self._run(self._ops.train(dataset, request))
         return AsyncTrainingJob(self, start)

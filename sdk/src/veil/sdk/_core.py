@@ -10,7 +10,7 @@ import hashlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -33,7 +33,9 @@ from veil.sdk.errors import (
 )
 from veil.sdk.evidence import AttestedEnclave, Evidence, to_ms, verify_enclave
 from veil.sdk.protocol import MODEL_KEY_LEN, NONCE_LEN, Method, Suite
+from veil.sdk.replicas import ReplicaIdentity, verify_replica_certificate
 from veil.sdk.sealing import (
+    RECEIPT_VERSION,
     SEALED_ERROR_KEY,
     SealedCall,
     bounded_message,
@@ -127,10 +129,16 @@ class ClientCore:
     clock: Callable[[], datetime] = _utcnow
     random: Callable[[int], bytes] = os.urandom
     chunk_size: int = DEFAULT_CHUNK
+    receipt_version: int = RECEIPT_VERSION  # 1: ask for per-call signed receipts (1.0/1.1)
     attested: AttestedEnclave | None = field(default=None, init=False)
     receipts: deque[tuple[Receipt, str]] = field(
         default_factory=lambda: deque(maxlen=MAX_RECEIPTS), init=False
     )
+    # Replicated deployments: the certified replica that answered each receipt, in order.
+    answered_by: deque[ReplicaIdentity] = field(
+        default_factory=lambda: deque(maxlen=MAX_RECEIPTS), init=False
+    )
+    _replicas: dict[bytes, ReplicaIdentity] = field(default_factory=dict, init=False)
 
     def __repr__(self) -> str:  # never show the API key
         return f"ClientCore(tenant={self.tenant!r}, suite={self.suite.name})"
@@ -176,6 +184,7 @@ class ClientCore:
             timestamp_ms=to_ms(self.clock()),
             suite=self.suite,
             random=self.random,
+            receipt_version=self.receipt_version,
         )
 
     def open(
@@ -199,6 +208,10 @@ class ClientCore:
         if stream and not opened.final:
             return self._parse(opened.payload, message)
         log_key = enclave.log_verifier
+        identity: ReplicaIdentity | None = None
+        if enclave.claims.manifest_sha256:  # replicated: the answering replica's log key
+            identity = self._replica(enclave, opened.replica)
+            log_key = identity.log_verifier
         if log_key is not None:
             if not opened.receipt:
                 raise AuditLogError(
@@ -212,7 +225,48 @@ class ClientCore:
                 response_digest=hashlib.sha256(opened.payload).hexdigest(),
             )
             self.receipts.append((receipt, opened.receipt))
+            if identity is not None:
+                self.answered_by.append(identity)
         return self._parse(opened.payload, message)
+
+    def answering(self, enclave: AttestedEnclave) -> AttestedEnclave:
+        """``enclave`` as the replica that sent the last response: in a replicated deployment
+        its audit log key is that replica's (certified), for checkpoints, proofs and training
+        certificates; elsewhere ``enclave`` itself."""
+        if not enclave.claims.manifest_sha256:
+            return enclave
+        if not self.answered_by:
+            raise AuditLogError(
+                "no replica of this deployment has answered yet", reason=AuditFailure.MISSING
+            )
+        replica = self.answered_by[-1]
+        claims = replace(
+            enclave.claims, audit_log_key=replica.log_key, audit_log_origin=replica.log_origin
+        )
+        return replace(enclave, claims=claims)
+
+    def _replica(self, enclave: AttestedEnclave, certificate: bytes) -> ReplicaIdentity:
+        """The replica that answered, certified by the attested coordinator key, its own
+        evidence re-verified under this client's policy (once per certificate)."""
+        if not certificate:
+            raise AuditLogError(
+                "replicated enclave answered without its replica certificate",
+                reason=AuditFailure.MISSING,
+            )
+        cache_key = hashlib.sha256(enclave.claims.audit_log_key + certificate).digest()
+        found = self._replicas.get(cache_key)
+        if found is None:
+            found = verify_replica_certificate(
+                certificate,
+                coordinator_key=enclave.claims.audit_log_key,
+                manifest_sha256=enclave.claims.manifest_sha256,
+                policy=self.policy,
+                now=self.clock(),
+            )
+            if len(self._replicas) >= MAX_RECEIPTS:
+                self._replicas.clear()
+            self._replicas[cache_key] = found
+        return found
 
     @staticmethod
     def _parse(payload: bytes, message: M) -> M:

@@ -179,6 +179,32 @@ def _key_doc(source: str | os.PathLike[str] | Mapping[str, Any], what: str) -> d
     return doc
 
 
+def _owner_keys(key: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[bytes, str]:
+    """(owner's Ed25519 seed, watermark key JSON) from a ``veil watermark keygen`` key file."""
+    doc = _key_doc(key, "watermark key")
+    try:
+        return bytes.fromhex(str(doc["owner_private_key"])), json.dumps(doc["watermark"])
+    except KeyError as exc:
+        raise WatermarkError(
+            f"watermark key file lacks {exc}", reason=WatermarkFailure.MALFORMED_KEY
+        ) from exc
+    except ValueError as exc:
+        raise WatermarkError(
+            "watermark key file's owner_private_key is not hex",
+            reason=WatermarkFailure.MALFORMED_KEY,
+        ) from exc
+
+
+def training_watermark(
+    key: str | os.PathLike[str] | Mapping[str, Any], strength: float
+) -> training_pb2.TrainingWatermark:
+    """The ``TrainRequest.watermark`` for the owner's key file (sealed with the request)."""
+    owner, secret = _owner_keys(key)
+    return training_pb2.TrainingWatermark(
+        owner_private_key=owner, watermark_key_json=secret, strength=strength
+    )
+
+
 def _digest(dataset: str | DatasetInfo) -> str:
     return dataset.sha256 if isinstance(dataset, DatasetInfo) else dataset
 
@@ -335,7 +361,7 @@ class Operations:
             Method.AUDIT_CHECKPOINT, audit_pb2.CheckpointRequest(), audit_pb2.CheckpointResponse()
         )
         enclave = yield from self.attest()
-        return checked_checkpoint(enclave, self.core.tenant, response)
+        return checked_checkpoint(self.core.answering(enclave), self.core.tenant, response)
 
     def prove_receipt(self, receipt: Receipt) -> Op[Checkpoint]:
         response = yield from self.unary(
@@ -344,7 +370,7 @@ class Operations:
             audit_pb2.InclusionProofResponse(),
         )
         enclave = yield from self.attest()
-        return checked_inclusion(enclave, receipt, response)
+        return checked_inclusion(self.core.answering(enclave), receipt, response)
 
     def audit_consistency(self, old: Checkpoint) -> Op[Checkpoint]:
         response = yield from self.unary(
@@ -353,7 +379,7 @@ class Operations:
             audit_pb2.ConsistencyProofResponse(),
         )
         enclave = yield from self.attest()
-        return checked_consistency(enclave, old, response)
+        return checked_consistency(self.core.answering(enclave), old, response)
 
     def export_audit(
         self,
@@ -395,7 +421,10 @@ class Operations:
                     )
                     received += 1
                     receiver.add(part, final=message.final)
-                return receiver.finish(enclave)
+                # a replica's export: the certificate of the replica whose log it is
+                replicated = enclave.claims.manifest_sha256 and self.core.answered_by
+                replica = self.core.answered_by[-1].certificate if replicated else b""
+                return receiver.finish(enclave, replica)
             except grpc.RpcError as exc:
                 receiver.abort()
                 raise remote_error(exc, sealed, seq=received) from exc
@@ -412,21 +441,11 @@ class Operations:
         model: str,
         key: str | os.PathLike[str] | Mapping[str, Any],
         dataset: str | DatasetInfo,
-        epochs: int,
+        epochs: int | None,
     ) -> Op[WatermarkEmbedding]:
-        doc = _key_doc(key, "watermark key")
-        try:
-            owner = bytes.fromhex(str(doc["owner_private_key"]))
-            secret = json.dumps(doc["watermark"])
-        except KeyError as exc:
-            raise WatermarkError(
-                f"watermark key file lacks {exc}", reason=WatermarkFailure.MALFORMED_KEY
-            ) from exc
-        except ValueError as exc:
-            raise WatermarkError(
-                "watermark key file's owner_private_key is not hex",
-                reason=WatermarkFailure.MALFORMED_KEY,
-            ) from exc
+        if epochs is not None and not 1 <= epochs < 2**32:
+            raise ConfigError(f"epochs must be a positive integer, not {epochs}")
+        owner, secret = _owner_keys(key)
         response = yield from self.unary(
             Method.EMBED_WATERMARK,
             watermark_pb2.EmbedWatermarkRequest(
@@ -434,7 +453,7 @@ class Operations:
                 owner_private_key=owner,
                 watermark_key_json=secret,
                 dataset_sha256=_digest(dataset),
-                epochs=epochs,
+                epochs=epochs or 0,  # 0: the enclave's default
             ),
             watermark_pb2.EmbedWatermarkResponse(),
         )
@@ -541,7 +560,7 @@ class Operations:
                         "training result arrived before the end of the stream",
                         reason=ProtocolFailure.OUT_OF_ORDER,
                     )
-                return outcome_from_result(event.result, start.enclave)
+                return outcome_from_result(event.result, self.core.answering(start.enclave))
         except grpc.RpcError as exc:
             error = remote_error(exc, start.call, seq=received)
             if error.reason is not RemoteReason.BUDGET_EXHAUSTED:

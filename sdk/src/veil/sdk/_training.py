@@ -9,6 +9,7 @@ certificate and the attestation evidence, so anyone can verify it offline with t
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "CERTIFICATE_HEADER",
     "BudgetInfo",
     "DatasetInfo",
+    "TrainedWatermark",
     "TrainingOutcome",
     "TrainingProgress",
     "VerifiedTrainingRecord",
@@ -80,7 +82,7 @@ class BudgetInfo:
     """A dataset's privacy budget: what it had, what is spent, what is left, of epsilon and delta.
 
     A job is charged both its epsilon and its delta, and is refused when either would pass its
-    budget. ``limited_by`` names the scarcer one (the smaller share left of its budget), and
+    budget. ``limited_by`` names the one that refuses the next job, and
     ``allows(epsilon=, delta=)`` says whether a job of that size still fits.
     """
 
@@ -96,13 +98,21 @@ class BudgetInfo:
 
     @property
     def limited_by(self) -> str:
-        """``"epsilon"`` or ``"delta"``: the budget of which the smaller share is left."""
-        eps_share = self.epsilon_remaining / self.epsilon_budget if self.epsilon_budget else 0.0
-        delta_share = self.delta_remaining / self.delta_budget if self.delta_budget else 0.0
-        return "delta" if delta_share < eps_share else "epsilon"
+        """``"epsilon"`` or ``"delta"``: which budget refuses the next job that leaves its delta
+        to the enclave (``train(delta=None)``, the default).
 
-    def allows(self, *, epsilon: float, delta: float) -> bool:
-        """Whether a job charged ``epsilon`` and ``delta`` fits in what is left."""
+        Such a job gets the remaining delta in proportion to its share of the remaining epsilon,
+        so delta runs out only when jobs that chose a larger delta have spent it all: then it
+        is ``"delta"``. A job that names its own delta may also be refused for delta; ask
+        ``allows(epsilon=..., delta=...)``.
+        """
+        return "delta" if self.delta_remaining <= 0 < self.epsilon_remaining else "epsilon"
+
+    def allows(self, *, epsilon: float, delta: float | None = None) -> bool:
+        """Whether a job charged ``epsilon`` and ``delta`` (None: its proportional share of what
+        is left, as the enclave gives it) fits in what is left."""
+        if delta is None:
+            return 0 < epsilon <= self.epsilon_remaining and self.delta_remaining > 0
         return epsilon <= self.epsilon_remaining and delta <= self.delta_remaining
 
     @classmethod
@@ -132,6 +142,18 @@ class TrainingProgress:
 
 
 @dataclass(frozen=True)
+class TrainedWatermark:
+    """The mark embedded while training: the owner-signed claim and the enclave's own check.
+
+    The training certificate names the claim's digest (``watermark_claim_sha256``)."""
+
+    claim_json: str
+    p_value: float
+    matches: int
+    n_bits: int
+
+
+@dataclass(frozen=True)
 class TrainingOutcome:
     """The registered model, the certified training record, and what proves it."""
 
@@ -140,6 +162,8 @@ class TrainingOutcome:
     certificate: str = field(repr=False)
     evidence: Evidence = field(repr=False)
     nonce: bytes = field(repr=False)
+    watermark: TrainedWatermark | None = None
+    """The owner's mark when the job was asked to embed one (its claim, the enclave's check)."""
 
     def __repr__(self) -> str:  # short: never the evidence bytes or the certificate
         return (
@@ -192,12 +216,26 @@ def outcome_from_result(
         )
     if record["model_sha256"] != result.model.sha256:
         raise ProtocolError("training certificate names another model than was registered")
+    mark = None
+    if result.HasField("watermark"):
+        mark = TrainedWatermark(
+            claim_json=result.watermark.claim_json,
+            p_value=result.watermark.p_value,
+            matches=result.watermark.matches,
+            n_bits=result.watermark.n_bits,
+        )
+        canonical = json.dumps(
+            json.loads(mark.claim_json), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        )
+        if record.get("watermark_claim_sha256") != hashlib.sha256(canonical.encode()).hexdigest():
+            raise ProtocolError("training certificate does not name the returned watermark claim")
     return TrainingOutcome(
         model=ModelInfo.from_proto(result.model),
         record=MappingProxyType(record),
         certificate=result.certificate,
         evidence=enclave.evidence,
         nonce=enclave.nonce,
+        watermark=mark,
     )
 
 

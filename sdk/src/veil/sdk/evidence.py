@@ -66,6 +66,9 @@ class EnclaveClaims:
     measurement_hex: str
     audit_log_key: bytes
     audit_log_origin: str
+    # Replicated deployments (1.3): the manifest's SHA-256; audit_log_key is then the
+    # coordinator's key, which certifies each replica's log key (veil.sdk.replicas).
+    manifest_sha256: bytes = b""
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> EnclaveClaims:
@@ -108,6 +111,7 @@ class EnclaveClaims:
             measurement_hex=msg.measurement_hex,
             audit_log_key=bytes(msg.audit_log_key),
             audit_log_origin=msg.audit_log_origin,
+            manifest_sha256=bytes(msg.manifest_sha256),
         )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "CLEAR_MESSAGES",
     "MAX_ERROR_MESSAGE_BYTES",
     "SEALED_ERROR_KEY",
+    "RECEIPT_VERSION",
     "OpenedResponse",
     "SealedCall",
     "bounded_message",
@@ -56,6 +57,7 @@ __all__ = [
 
 Random = Callable[[int], bytes]
 GCM_NONCE_LEN = 12
+RECEIPT_VERSION = 2  # the newest receipt format this SDK verifies (veil.sdk.audit.verify_receipt)
 SEALED_ERROR_KEY = "veil-sealed-error-bin"  # binary trailing metadata: a serialized SealedResponse
 MAX_ERROR_MESSAGE_BYTES = 1024
 
@@ -104,11 +106,21 @@ def seal_request(
     timestamp_ms: int,
     suite: Suite = Suite.X25519_SHA256_AES256GCM,
     random: Random = os.urandom,
+    receipt_version: int = RECEIPT_VERSION,
 ) -> SealedCall:
-    """Seal ``payload`` (a serialized request message) and the API key to the enclave."""
+    """Seal ``payload`` (a serialized request message) and the API key to the enclave.
+
+    ``receipt_version`` tells the enclave which receipt format this client verifies (2: batched
+    receipts, protocol 1.2; 1: one signature per call, what 1.0/1.1 clients get).
+    """
     request_id = random(REQUEST_ID_LEN)
     response_key = random(RESPONSE_KEY_LEN)
-    body = common_pb2.RequestBody(response_key=response_key, api_key=api_key, payload=payload)
+    body = common_pb2.RequestBody(
+        response_key=response_key,
+        api_key=api_key,
+        payload=payload,
+        receipt_version=receipt_version if receipt_version >= 2 else 0,
+    )
     info = request_info(
         method=method,
         tenant=tenant,
@@ -138,6 +150,7 @@ class OpenedResponse:
     payload: bytes
     receipt: str
     final: bool = True
+    replica: bytes = b""  # replicated deployments: the answering replica's certificate (1.3)
 
 
 def seal_response(
@@ -150,12 +163,14 @@ def seal_response(
     seq: int = 0,
     final: bool = True,
     random: Random = os.urandom,
+    replica: bytes = b"",
 ) -> common_pb2.SealedResponse:
     """Seal a serialized response message (and its receipt) under the client's response key.
 
-    Streams seal message ``seq`` (0, 1, …) with ``final`` set on the last one only.
+    Streams seal message ``seq`` (0, 1, …) with ``final`` set on the last one only. A replica
+    of a replicated deployment sends its certificate (``replica``) with each receipt.
     """
-    body = common_pb2.ResponseBody(payload=payload, receipt=receipt)
+    body = common_pb2.ResponseBody(payload=payload, receipt=receipt, replica=replica)
     return _seal_body(response_key, method, request_id, body, seq, final, random)
 
 
@@ -241,7 +256,12 @@ def open_response(
     body = _open_body(call, response, seq)
     if body.HasField("error"):
         raise ProtocolError("enclave sent a sealed error where a response was expected")
-    return OpenedResponse(payload=bytes(body.payload), receipt=body.receipt, final=response.final)
+    return OpenedResponse(
+        payload=bytes(body.payload),
+        receipt=body.receipt,
+        final=response.final,
+        replica=bytes(body.replica),
+    )
 
 
 def open_error(call: SealedCall, sealed: bytes, *, seq: int = 0) -> common_pb2.ErrorBody:

@@ -76,10 +76,11 @@ def from_proto(
             f"empty tensor of shape {list(shape)} spans {span} bytes with its zero dimensions "
             f"counted as 1, over the {limit}-byte limit"
         )
-    if len(tensor.data) != expected:
+    data = tensor.data  # each read of a bytes field copies it out of the message: read once
+    if len(data) != expected:
         raise ProtocolError(
-            f"tensor data is {len(tensor.data)} bytes, shape {list(shape)} of "
+            f"tensor data is {len(data)} bytes, shape {list(shape)} of "
             f"{tensor.dtype} needs {expected}"
         )
-    arr = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)

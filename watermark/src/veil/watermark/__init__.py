@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_EMBED_EPOCHS",
     "DEFAULT_THRESHOLD",
     "EmbedResult",
     "LayerLocator",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 _HOME = {
+    "DEFAULT_EMBED_EPOCHS": "_plan",
     "DEFAULT_THRESHOLD": "_verify",
     "EmbedResult": "_embed",
     "LayerLocator": "_locate",

@@ -35,7 +35,7 @@ __all__ = [
 CLAIM_VERSION = "veil-wm-claim-v1"
 PROJECTION_SCHEME = "veil-wm-proj-v1"
 _SIGN_DOMAIN = b"veil-wm-claim-sig-v1\x00"
-_REDUCTIONS = ("centered", "channel_mean", "unit_gram")
+_REDUCTIONS = ("centered", "channel_mean", "unit_gram", "kernel_bag")
 
 
 def canonical_json(data: object) -> bytes:
@@ -71,6 +71,8 @@ class ProjectionParams:
     above its diagonal, minus its mean: invariant to permuting, rescaling or negating output
     units (and so to BatchNorm fused into the layer) and continuous (int8 rounding moves it
     little). Input-side rewrites are not removed: use it on a layer that reads the model input.
+    ``kernel_bag`` (conv layers): the balanced bag of kernel directions (``_invariants``),
+    invariant to permuting, rescaling or negating units on BOTH sides of the layer.
     """
 
     reduce: str
@@ -167,6 +169,10 @@ class WatermarkClaim:
     signature: bytes
     embedding: EmbeddingReport | None = None
     """Held-out accuracy before and after embedding (absent from claims made without one)."""
+    second: ProjectionParams | None = None
+    """A second mark in the same layer with the same message bits, read through this reduction
+    and an independent projection (``derive_projection(..., mark=1)``); absent from claims
+    with one mark. Verification combines the two with Bonferroni (see ``verify``)."""
 
     @classmethod
     def create(
@@ -180,10 +186,13 @@ class WatermarkClaim:
         trigger: TriggerParams | None,
         now: datetime,
         embedding: EmbeddingReport | None = None,
+        second: ProjectionParams | None = None,
     ) -> WatermarkClaim:
         """Build and sign a claim with the owner's Ed25519 key."""
         if not MIN_BITS <= n_bits <= MAX_BITS:
             raise WatermarkError(f"bit count {n_bits} is outside [{MIN_BITS}, {MAX_BITS}]")
+        if second is not None and second.reduce == projection.reduce:
+            raise WatermarkError(f"the second mark repeats the reduction {second.reduce!r}")
         unsigned = cls(
             owner_public_key=public_key_bytes(owner_key.public_key()),
             commitment=key.commitment(),
@@ -194,6 +203,7 @@ class WatermarkClaim:
             created_at=parse_time(format_time(now)),
             signature=b"",
             embedding=embedding,
+            second=second,
         )
         signature = owner_key.sign(_SIGN_DOMAIN + canonical_json(unsigned._payload()))
         return cls(**{**unsigned.__dict__, "signature": signature})
@@ -211,6 +221,8 @@ class WatermarkClaim:
         }
         if self.embedding is not None:  # only when present: older claims keep their signature
             payload["embedding"] = self.embedding.to_dict()
+        if self.second is not None:  # likewise
+            payload["second"] = self.second.to_dict()
         return payload
 
     def verify_signature(self) -> None:
@@ -246,6 +258,7 @@ class WatermarkClaim:
             signature = bytes.fromhex(str(data["signature"]))
             raw_trigger = data["trigger"]
             raw_embedding = data.get("embedding")
+            raw_second = data.get("second")
             claim = cls(
                 owner_public_key=owner,
                 commitment=commitment,
@@ -258,6 +271,7 @@ class WatermarkClaim:
                 embedding=None
                 if raw_embedding is None
                 else EmbeddingReport.from_dict(raw_embedding),
+                second=None if raw_second is None else ProjectionParams.from_dict(raw_second),
             )
         except KeyError as exc:
             raise WatermarkError(f"claim lacks field {exc}") from exc
@@ -267,6 +281,8 @@ class WatermarkClaim:
             raise WatermarkError("claim key, commitment or signature has the wrong length")
         if not MIN_BITS <= n_bits <= MAX_BITS:
             raise WatermarkError(f"claim bit count {n_bits} is outside [{MIN_BITS}, {MAX_BITS}]")
+        if claim.second is not None and claim.second.reduce == claim.projection.reduce:
+            raise WatermarkError(f"the second mark repeats the reduction {claim.second.reduce!r}")
         claim.verify_signature()
         return claim
 

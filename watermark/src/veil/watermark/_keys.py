@@ -36,6 +36,7 @@ MAX_BITS = 256
 _COMMIT_DOMAIN = b"veil-wm-commit-v1"
 _MSG_DOMAIN = b"veil-wm-msg-v1"
 _PROJ_DOMAIN = b"veil-wm-proj-v1"
+_SECOND_DOMAIN = b"veil-wm-second-mark-v1\x00"
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,19 @@ def gaussian_stream(seed: bytes, count: int) -> npt.NDArray[np.float64]:
     return out[:count]
 
 
-def derive_projection(secret: bytes, n_bits: int, dim: int) -> npt.NDArray[np.float64]:
-    """The secret ``n_bits x dim`` projection matrix with i.i.d. N(0, 1) entries."""
+def derive_projection(
+    secret: bytes, n_bits: int, dim: int, *, mark: int = 0
+) -> npt.NDArray[np.float64]:
+    """The secret ``n_bits x dim`` projection matrix with i.i.d. N(0, 1) entries.
+
+    ``mark`` numbers the marks of one claim: the second mark's matrix (``mark=1``) comes from a
+    domain-separated seed, so it is independent of the first's whatever the dimensions.
+    """
     if dim <= 0:
         raise WatermarkError(f"projection dimension must be positive, got {dim}")
+    if mark not in (0, 1):
+        raise WatermarkError(f"mark index {mark} is not 0 or 1")
     seed = _PROJ_DOMAIN + secret + n_bits.to_bytes(4, "big") + dim.to_bytes(8, "big")
+    if mark:
+        seed = _SECOND_DOMAIN + seed
     return gaussian_stream(seed, n_bits * dim).reshape(n_bits, dim)

@@ -10,13 +10,19 @@ the callable that ``veil.privacy.train(..., weight_hook=...)`` runs at exactly t
 from __future__ import annotations
 
 from collections.abc import Callable
+from math import prod
 
 import torch
 
 from veil.sdk.errors import WatermarkError
+from veil.watermark._invariants import kernel_monomials
 from veil.watermark._plan import WatermarkPlan
 
 __all__ = ["WatermarkRegularizer"]
+
+# Sinkhorn rounds while training (the verifier iterates to convergence; the weights of a
+# trained layer's balanced kernels move little after a few dozen rounds).
+_TRAIN_SINKHORN_ROUNDS = 40
 
 
 class WatermarkRegularizer(torch.nn.Module):
@@ -38,6 +44,13 @@ class WatermarkRegularizer(torch.nn.Module):
         self.occurrence = plan.layer.occurrence
         self.register_buffer("projection", torch.from_numpy(plan.projection()).float())
         self.register_buffer("message", torch.from_numpy(plan.message().astype("float32")))
+        self._monomials: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if plan.reduce == "kernel_bag":
+            taps = prod(plan.layer.weight_shape[2:])
+            self._monomials = [
+                (torch.from_numpy(index), torch.from_numpy(means))
+                for index, means in kernel_monomials(taps)
+            ]
 
     def projected(self, weight: torch.Tensor) -> torch.Tensor:
         """The normalised projection ``z`` (N(0, 1) per entry for an unmarked layer)."""
@@ -51,11 +64,41 @@ class WatermarkRegularizer(torch.nn.Module):
             upper = torch.triu_indices(rows.shape[1], rows.shape[1], offset=1, device=rows.device)
             values = (unit.T @ unit)[upper[0], upper[1]]
             vector = values - values.mean()
+        elif self.reduce == "kernel_bag":
+            vector = self._kernel_bag(weight)
         else:
             vector = weight.mean(0).reshape(-1)
         vector = vector.to(self.projection.dtype)
         z: torch.Tensor = (self.projection @ vector) / vector.norm().clamp_min(1e-12)
         return z
+
+    def _kernel_bag(self, weight: torch.Tensor) -> torch.Tensor:
+        """Torch twin of :func:`veil.watermark._invariants.kernel_bag`: a fixed number of
+        Sinkhorn rounds (not differentiated through) and the moments as matrix products."""
+        out, inp = weight.shape[:2]
+        kernels = weight.reshape(out * inp, -1).to(torch.float64)
+        norms = kernels.norm(dim=1)
+        with torch.no_grad():
+            balance = norms.reshape(out, inp) + 1e-12 * norms.max().clamp_min(1e-300)
+            for _ in range(_TRAIN_SINKHORN_ROUNDS):
+                balance = balance / balance.sum(dim=1, keepdim=True) / out
+                balance = balance / balance.sum(dim=0, keepdim=True) / inp
+            balance = (balance / balance.sum()).reshape(-1, 1)
+        unit = kernels / norms.clamp_min(1e-300).unsqueeze(1)
+        taps = unit.shape[1]
+        pairs = (unit.unsqueeze(2) * unit.unsqueeze(1)).reshape(len(unit), taps * taps)
+        second = (balance * unit).T @ unit  # (taps, taps)
+        parts = []
+        for (index, means), degree in zip(self._monomials, (2, 4), strict=False):
+            if degree == 2:
+                values = second[index[:, 0], index[:, 1]]
+            else:
+                fourth = (balance * pairs).T @ pairs  # (taps^2, taps^2)
+                rows = index[:, 0] * taps + index[:, 1]
+                cols = index[:, 2] * taps + index[:, 3]
+                values = fourth[rows, cols]
+            parts.append(values - means)
+        return torch.cat(parts)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         z = self.projected(weight)

@@ -20,7 +20,8 @@ from google.protobuf.message import DecodeError
 
 from veil.sdk import WatermarkCheck
 from veil.sdk.errors import WatermarkError
-from veil.watermark._claim import WatermarkClaim
+from veil.watermark._claim import ProjectionParams, WatermarkClaim
+from veil.watermark._invariants import kernel_bag
 from veil.watermark._keys import WatermarkKey, derive_projection, message_bits
 from veil.watermark._locate import locate
 from veil.watermark._pvalue import binomial_tail
@@ -30,7 +31,9 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "TriggerVerdict",
     "WatermarkVerdict",
+    "combine",
     "load_model",
+    "mark_matches",
     "onnx_predictor",
     "projected_signs",
     "reduce_weight",
@@ -89,6 +92,8 @@ def reduce_weight(weight: npt.NDArray[np.float64], reduce: str) -> npt.NDArray[n
         upper = (unit.T @ unit)[np.triu_indices(rows.shape[1], k=1)]
         gram: npt.NDArray[np.float64] = upper - upper.mean()
         return gram
+    if reduce == "kernel_bag":
+        return kernel_bag(weight)
     raise WatermarkError(f"unknown reduction {reduce!r}")
 
 
@@ -115,7 +120,9 @@ def verify(
 
     Raises :class:`WatermarkError` if the claim's signature fails, the key does not open the
     claim's commitment, the model does not parse, or the model has no layer the claim names.
-    Otherwise returns the verdict; ``p_value`` is the exact P[X >= matches], X ~ Bin(n, 1/2).
+    Otherwise returns the verdict; ``p_value`` is the exact P[X >= matches], X ~ Bin(n, 1/2),
+    and for a claim with a second mark the Bonferroni combination of both (:func:`combine`;
+    ``matches`` is then the stronger mark's).
     """
     if not 0 < threshold < 1:
         raise WatermarkError(f"threshold {threshold} is not in (0, 1)")
@@ -131,17 +138,11 @@ def verify(
         raise
     except Exception as exc:  # a hostile graph must not escape as a third-party error
         raise WatermarkError(f"could not read the model's weights: {exc}") from exc
-    vector = reduce_weight(layer.weight, claim.projection.reduce)
-    if vector.size != claim.projection.dim:
-        raise WatermarkError(
-            f"reduced weight has {vector.size} values, the claim's projection expects "
-            f"{claim.projection.dim}"
-        )
-    projection = derive_projection(key.secret, claim.n_bits, claim.projection.dim)
-    signs = projected_signs(vector, projection)
     message = message_bits(claim.owner_public_key, claim.n_bits)
-    matches = int(np.sum(signs == message))
-    p_value = binomial_tail(matches, claim.n_bits, Fraction(1, 2))
+    marks = [mark_matches(layer.weight, claim.projection, key, message, 0)]
+    if claim.second is not None:
+        marks.append(mark_matches(layer.weight, claim.second, key, message, 1))
+    matches, p_value = combine(marks, claim.n_bits)
     return WatermarkVerdict(
         detected=p_value < threshold,
         p_value=p_value,
@@ -152,6 +153,35 @@ def verify(
         claim_sha256=claim.digest(),
         layer_node=layer.node_name,
     )
+
+
+def mark_matches(
+    weight: npt.NDArray[np.float64],
+    params: ProjectionParams,
+    key: WatermarkKey,
+    message: npt.NDArray[np.int8],
+    mark: int,
+) -> int:
+    """How many of ``message``'s bits one mark of a claim (``mark`` 0 or 1) carries."""
+    vector = reduce_weight(weight, params.reduce)
+    if vector.size != params.dim:
+        raise WatermarkError(
+            f"reduced weight has {vector.size} values, the claim's projection expects {params.dim}"
+        )
+    projection = derive_projection(key.secret, len(message), params.dim, mark=mark)
+    return int(np.sum(projected_signs(vector, projection) == message))
+
+
+def combine(matches: list[int], n_bits: int) -> tuple[int, float]:
+    """(matches of the stronger mark, combined p-value) for a claim's marks.
+
+    One mark: its exact tail ``P[Bin(n, 1/2) >= k]``. Two: Bonferroni,
+    ``min(1, 2 * min(p1, p2))``, which bounds the chance that either mark reaches its count
+    by luck whatever the dependence between the two, so the verdict stays exact (conservative).
+    """
+    tails = [binomial_tail(k, n_bits, Fraction(1, 2)) for k in matches]
+    best = min(range(len(tails)), key=lambda i: tails[i])
+    return matches[best], min(1.0, len(tails) * tails[best])
 
 
 def verify_trigger(

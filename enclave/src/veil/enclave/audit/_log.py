@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from veil.enclave._telemetry import stage
 from veil.enclave.audit._reserve import RESERVE_FILE, HeadroomReserve
 from veil.enclave.audit._signer import Signer
 from veil.enclave.audit._tenant_log import FileOps, TenantLog
 from veil.enclave.audit._views import write_csv, write_ocsf
-from veil.sdk.audit import AuditRecord, Checkpoint, DigestKey, Receipt, Verifier
+from veil.sdk.audit import (
+    AuditRecord,
+    Checkpoint,
+    DigestKey,
+    Receipt,
+    Verifier,
+    batch_receipts,
+)
 from veil.sdk.audit.export import (
     ATTESTATION_DIR,
     CHECKPOINT_FILE,
@@ -60,6 +69,21 @@ class Appended:
     """A durable record: its leaf index and hash, and the signed receipt for the client."""
 
     index: int
+    leaf_hash: bytes
+    receipt: str
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What an appender hands the writer for a v2 receipt."""
+
+    request_digest: str
+    response_digest: str
+    model_digest: str | None
+
+
+@dataclass(frozen=True)
+class _Made:
     leaf_hash: bytes
     receipt: str
 
@@ -139,9 +163,16 @@ class AuditLog:
 
     def digest(self, data: bytes) -> str:
         """Keyed digest (HMAC-SHA256) for putting payload fingerprints in records."""
+        return self._key().digest(data)
+
+    def digest_parts(self, parts: Iterable[bytes | memoryview]) -> str:
+        """``digest`` of the concatenated ``parts``, without joining them."""
+        return self._key().digest_parts(parts)
+
+    def _key(self) -> DigestKey:
         if self._digest_key is None:
             raise AuditLogError("this audit log was created without a digest key")
-        return self._digest_key.digest(data)
+        return self._digest_key
 
     def _tenant(self, tenant: str) -> TenantLog:
         check_tenant(tenant)
@@ -154,6 +185,7 @@ class AuditLog:
                     group_commit=self._group_commit,
                     file_ops=ops,
                     on_disk_full=self.reserve.release,
+                    on_commit=functools.partial(self._receipt_batch, tenant),
                 )
                 self._logs[tenant] = log
             return log
@@ -164,10 +196,12 @@ class AuditLog:
 
     # -- appending -----------------------------------------------------------------------------
 
+    @stage("audit_append")
     def append(self, record: AuditRecord) -> int:
         """Append a record to its tenant's log; returns the leaf index once it is durable."""
         return self._tenant(record.tenant).append_line(record.to_line())
 
+    @stage("audit_append")
     def append_with_receipt(
         self,
         record: AuditRecord,
@@ -175,9 +209,20 @@ class AuditLog:
         request_digest: str,
         response_digest: str,
         model_digest: str | None = None,
+        receipt_version: int = 1,
     ) -> Appended:
-        """Append a record and sign a receipt for it (after it is durable)."""
+        """Append a record and make its receipt once it is durable.
+
+        ``receipt_version`` 1: a receipt signed for this record alone. 2: a v2 receipt, signed
+        once for every v2 receipt of the same group commit (``veil.sdk.audit.batch_receipts``).
+        """
         log = self._tenant(record.tenant)
+        if receipt_version >= 2:
+            wanted = _Wanted(request_digest, response_digest, model_digest)
+            index, made = log.append(record.to_line(), wanted)
+            if not isinstance(made, _Made):
+                raise AuditLogError("the audit log made no receipt for a durable record")
+            return Appended(index=index, leaf_hash=made.leaf_hash, receipt=made.receipt)
         index = log.append_line(record.to_line())
         leaf_hash = log.leaf_hash(index)
         receipt = Receipt(
@@ -193,6 +238,34 @@ class AuditLog:
         return Appended(
             index=index, leaf_hash=leaf_hash, receipt=self.signer.sign_note(receipt.body())
         )
+
+    def _receipt_batch(
+        self, tenant: str, first: int, hashes: list[bytes], extras: list[object]
+    ) -> list[object]:
+        """On the writer thread, once a batch is durable: its v2 receipts, under one signature."""
+        wanted = [(i, e) for i, e in enumerate(extras) if isinstance(e, _Wanted)]
+        results: list[object] = [None] * len(extras)
+        if not wanted:
+            return results
+        now = format_time(self._clock())
+        receipts = [
+            Receipt(
+                log=self.origin(tenant),
+                tenant=tenant,
+                leaf_index=first + i,
+                leaf_hash=hashes[i],
+                time=now,
+                request_digest=w.request_digest,
+                response_digest=w.response_digest,
+                model_digest=w.model_digest,
+            )
+            for i, w in wanted
+        ]
+        for (i, _), text in zip(
+            wanted, batch_receipts(receipts, self.signer.sign_note), strict=True
+        ):
+            results[i] = _Made(hashes[i], text)
+        return results
 
     # -- checkpoints and proofs ----------------------------------------------------------------
 

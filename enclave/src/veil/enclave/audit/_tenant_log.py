@@ -14,6 +14,10 @@ the file's length) before it writes, so an acknowledged line never sits after un
 bytes. Reads (size, roots, proofs, lines) use the in-memory tree and the durable prefix of the
 file, so they keep working while appends fail.
 
+``on_commit`` (optional) runs on the writer thread once a batch is durable, with the batch's
+first index, leaf hashes and the ``extra`` of each appender; its results go back to them. The
+audit log signs one batch of receipts there: one signature per fsync, not per call.
+
 ``on_disk_full`` (optional) is called when a write fails because the disk is full; if it frees
 space (the audit headroom reserve) and returns ``True``, the batch is cut back and written once
 more before it is reported failed.
@@ -41,7 +45,7 @@ from veil.enclave._files import write_atomic
 from veil.sdk.audit import Checkpoint, MerkleTree, SignedNote, hash_leaf
 from veil.sdk.errors import AuditLogError
 
-__all__ = ["FileOps", "OsFileOps", "TenantLog"]
+__all__ = ["FileOps", "OnCommit", "OsFileOps", "TenantLog"]
 
 _log = logging.getLogger("veil.audit")
 ENTRIES = "entries.jsonl"
@@ -70,10 +74,18 @@ class OsFileOps:
         os.ftruncate(fd, length)
 
 
+# Called by the writer once a batch is durable: (first leaf index, leaf hashes, the ``extra``
+# each appender passed) -> one result per line, handed back to its appender. The audit log signs
+# one receipt batch here (receipt v2).
+OnCommit = Callable[[int, list[bytes], list[object]], list[object]]
+
+
 @dataclass
 class _Batch:
     lines: list[bytes] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
+    extras: list[object] = field(default_factory=list)
+    results: list[object] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     first_index: int = -1
     error: AuditLogError | None = None
@@ -89,8 +101,10 @@ class TenantLog:
         group_commit: bool = True,
         file_ops: FileOps | None = None,
         on_disk_full: Callable[[], bool] | None = None,
+        on_commit: OnCommit | None = None,
     ) -> None:
         self.directory = directory
+        self._on_commit = on_commit
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / ENTRIES
         self._ops: FileOps = file_ops or OsFileOps()
@@ -176,11 +190,19 @@ class TenantLog:
 
     def append_line(self, line: bytes) -> int:
         """Append one record line (no newline); return its index once it is durable."""
+        return self.append(line)[0]
+
+    def append(self, line: bytes, extra: object = None) -> tuple[int, object]:
+        """Append one record line; once durable, return its index and ``on_commit``'s result.
+
+        ``extra`` travels with the line to ``on_commit``, which runs once per durable batch on
+        the writer thread (the result is None without an ``on_commit``).
+        """
         if b"\n" in line:
             raise AuditLogError("an audit record line must not contain a newline")
         leaf = hash_leaf(line)
         if not self._group_commit:
-            return self._append_now(line, leaf)
+            return self._append_now(line, leaf, extra)
         with self._queue_cv:
             if self._closing:
                 raise AuditLogError(f"audit log {self.directory.name} is closed")
@@ -188,19 +210,40 @@ class TenantLog:
             position = len(batch.lines)
             batch.lines.append(line)
             batch.hashes.append(leaf)
+            batch.extras.append(extra)
             if position == 0:
                 self._queue_cv.notify()
         batch.done.wait()
         if batch.error is not None:
             raise batch.error
-        return batch.first_index + position
+        result = batch.results[position] if batch.results else None
+        return batch.first_index + position, result
 
-    def _append_now(self, line: bytes, leaf: bytes) -> int:
+    def _append_now(self, line: bytes, leaf: bytes, extra: object) -> tuple[int, object]:
         with self._io_lock:
             if self._closing:
                 raise AuditLogError(f"audit log {self.directory.name} is closed")
             self._persist([line])
-            return self._commit([line], [leaf])
+            index = self._commit([line], [leaf])
+        results = self._committed(index, [leaf], [extra])
+        return index, results[0] if results else None
+
+    def _committed(self, first: int, hashes: list[bytes], extras: list[object]) -> list[object]:
+        """Run ``on_commit`` for a durable batch; its failure fails the batch's appenders."""
+        if self._on_commit is None:
+            return []
+        try:
+            results = self._on_commit(first, hashes, extras)
+        except AuditLogError:
+            raise
+        except Exception as exc:  # records are durable, but their appenders get no answer
+            _log.exception("audit log %s: post-commit step failed", self.path)
+            raise AuditLogError(
+                f"audit log {self.directory.name}: the batch was recorded but not receipted"
+            ) from exc
+        if len(results) != len(hashes):
+            raise AuditLogError("post-commit step returned the wrong number of results")
+        return results
 
     def _persist(self, lines: list[bytes]) -> None:
         """Make ``lines`` durable after the durable prefix, or raise with the file cut back."""
@@ -298,6 +341,7 @@ class TenantLog:
                 with self._io_lock:
                     self._persist(batch.lines)
                     batch.first_index = self._commit(batch.lines, batch.hashes)
+                batch.results = self._committed(batch.first_index, batch.hashes, batch.extras)
             except AuditLogError as exc:
                 batch.error = exc
             except Exception as exc:  # never leave appenders waiting

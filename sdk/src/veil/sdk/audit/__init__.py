@@ -15,7 +15,12 @@ from veil.sdk.audit._merkle import (
     verify_inclusion,
 )
 from veil.sdk.audit._note import NoteSignature, SignedNote, VerifiedNote, Verifier, key_hash
-from veil.sdk.audit._receipt import Receipt, check_receipt_inclusion, verify_receipt
+from veil.sdk.audit._receipt import (
+    Receipt,
+    batch_receipts,
+    check_receipt_inclusion,
+    verify_receipt,
+)
 from veil.sdk.audit.export import VerifiedExport, verify_export
 from veil.sdk.audit.records import AuditRecord, DigestKey, EventType, Outcome, canonical_json
 
@@ -32,6 +37,7 @@ __all__ = [
     "VerifiedExport",
     "VerifiedNote",
     "Verifier",
+    "batch_receipts",
     "canonical_json",
     "check_receipt_inclusion",
     "empty_root",

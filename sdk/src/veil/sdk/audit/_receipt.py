@@ -1,28 +1,49 @@
 """Receipts: the log's signed statement that a request/response pair was logged at a leaf.
 
-A receipt is a C2SP signed note, signed by the log key, whose text is
+A v1 receipt is a C2SP signed note, signed by the log key, whose text is
 ``veil-audit-receipt/v1\\n<canonical JSON>\\n``. The first line keeps receipts and checkpoints
 apart (a checkpoint's second line is a tree size, never JSON). The client verifies it on arrival
 with the log's verifier key, and later proves the leaf is in a newer checkpoint.
+
+A v2 receipt (protocol 1.2) carries the same JSON line unsigned, plus its inclusion proof into a
+*batch*: the receipts of one group commit of the tenant's log are the leaves of a small RFC 9162
+tree whose root the log signs once (``veil-audit-receipt-batch/v2``), so a batch of N calls costs
+one signature instead of N::
+
+    veil-audit-receipt/v2\\n <receipt JSON>\\n {"batch_index":i,"proof":[...]}\\n
+    \\n <signed batch note>
+
+``batch_receipts`` builds them (the enclave), ``verify_receipt`` verifies either version.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from veil.sdk.audit._checkpoint import Checkpoint
-from veil.sdk.audit._merkle import HASH_SIZE, verify_inclusion
+from veil.sdk.audit._merkle import HASH_SIZE, MerkleTree, hash_leaf, verify_inclusion
 from veil.sdk.audit._note import SignedNote, Verifier, _b64decode
 from veil.sdk.audit.records import canonical_json, check_tenant, parse_time
 from veil.sdk.errors import AuditFailure, AuditLogError
 
-__all__ = ["RECEIPT_HEADER", "Receipt", "check_receipt_inclusion", "verify_receipt"]
+__all__ = [
+    "BATCH_HEADER",
+    "RECEIPT_HEADER",
+    "RECEIPT_V2_HEADER",
+    "Receipt",
+    "batch_receipts",
+    "check_receipt_inclusion",
+    "verify_receipt",
+]
 
 RECEIPT_HEADER = "veil-audit-receipt/v1"
+RECEIPT_V2_HEADER = "veil-audit-receipt/v2"
+BATCH_HEADER = "veil-audit-receipt-batch/v2"
+MAX_BATCH = 1 << 20  # receipts in one signed batch; a proof is at most 20 hashes
 _FIELDS = frozenset(
     {
         "log",
@@ -70,7 +91,11 @@ class Receipt:
         return parse_time(self.time)
 
     def body(self) -> str:
-        """The note text the log signs."""
+        """The note text the log signs (v1)."""
+        return f"{RECEIPT_HEADER}\n{self.json_line()}\n"
+
+    def json_line(self) -> str:
+        """The receipt's fields as one line of canonical JSON (v1's note line, v2's leaf)."""
         payload = {
             "log": self.log,
             "tenant": self.tenant,
@@ -81,15 +106,20 @@ class Receipt:
             "response_digest": self.response_digest,
             "model_digest": self.model_digest,
         }
-        return f"{RECEIPT_HEADER}\n{canonical_json(payload).decode()}\n"
+        return canonical_json(payload).decode()
 
     @classmethod
     def from_body(cls, text: str) -> Receipt:
         header, sep, rest = text.partition("\n")
         if header != RECEIPT_HEADER or not sep or not rest.endswith("\n") or "\n" in rest[:-1]:
             raise AuditLogError(f"receipt text is not '{RECEIPT_HEADER}' plus one JSON line")
+        return cls.from_json_line(rest[:-1])
+
+    @classmethod
+    def from_json_line(cls, line: str) -> Receipt:
+        """Parse a receipt's JSON line; it must be in canonical form."""
         try:
-            obj = json.loads(rest[:-1])
+            obj = json.loads(line)
         except ValueError as exc:
             raise AuditLogError("receipt payload is not valid JSON") from exc
         if not isinstance(obj, dict) or set(obj) != _FIELDS:
@@ -109,9 +139,74 @@ class Receipt:
             )
         except TypeError as exc:
             raise AuditLogError(f"receipt field has the wrong type: {exc}") from exc
-        if receipt.body() != text:
+        if receipt.json_line() != line:
             raise AuditLogError("receipt payload is not in canonical form")
         return receipt
+
+
+def _batch_text(log: str, count: int, root: bytes) -> str:
+    return f"{BATCH_HEADER}\n{log}\n{count}\n{base64.b64encode(root).decode()}\n"
+
+
+def batch_receipts(receipts: Sequence[Receipt], sign: Callable[[str], str]) -> list[str]:
+    """v2 receipts for one batch of one log: one call to ``sign`` (a note signer) for them all.
+
+    The batch tree's leaf ``j`` is ``hash_leaf`` of receipt ``j``'s JSON line; the signed note
+    names the log, the batch size and the root. Returns the receipts in the order given.
+    """
+    if not receipts:
+        return []
+    if len(receipts) > MAX_BATCH:
+        raise AuditLogError(f"a receipt batch holds at most {MAX_BATCH} receipts")
+    log = receipts[0].log
+    if any(r.log != log for r in receipts):
+        raise AuditLogError("a receipt batch must not mix logs")
+    lines = [r.json_line() for r in receipts]
+    tree = MerkleTree()
+    for line in lines:
+        tree.append_hash(hash_leaf(line.encode()))
+    note = sign(_batch_text(log, len(lines), tree.root()))
+    out = []
+    for index, line in enumerate(lines):
+        proof = [base64.b64encode(h).decode() for h in tree.inclusion_proof(index)]
+        position = canonical_json({"batch_index": index, "proof": proof}).decode()
+        out.append(f"{RECEIPT_V2_HEADER}\n{line}\n{position}\n\n{note}")
+    return out
+
+
+def _open_v2(text: str, log_key: Verifier) -> Receipt:
+    """Check a v2 receipt's batch note, its proof into the batch, and parse its JSON line."""
+    parts = text.split("\n", 4)
+    if len(parts) != 5 or parts[0] != RECEIPT_V2_HEADER or parts[3] != "":
+        raise AuditLogError(f"receipt is not '{RECEIPT_V2_HEADER}', a JSON line, a proof, a note")
+    line, position, note = parts[1], parts[2], parts[4]
+    receipt = Receipt.from_json_line(line)
+    batch = SignedNote.from_text(note).verify(log_key).text
+    rows = batch.split("\n")
+    if len(rows) != 5 or rows[0] != BATCH_HEADER or rows[4] != "":
+        raise AuditLogError("receipt batch note is malformed")
+    if rows[1] != receipt.log:
+        raise AuditLogError("receipt batch note is for another log", reason=AuditFailure.MISMATCH)
+    if not rows[2].isascii() or not rows[2].isdigit() or rows[2] != str(int(rows[2])):
+        raise AuditLogError("receipt batch size is not a decimal integer")
+    count = int(rows[2])
+    root = _b64decode(rows[3], "receipt batch root")
+    try:
+        obj = json.loads(position)
+    except ValueError as exc:
+        raise AuditLogError("receipt batch position is not valid JSON") from exc
+    if not isinstance(obj, dict) or set(obj) != {"batch_index", "proof"}:
+        raise AuditLogError("receipt batch position must have batch_index and proof")
+    index, proof = obj["batch_index"], obj["proof"]
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+        raise AuditLogError("receipt batch index is outside the batch")
+    if not isinstance(proof, list) or not all(isinstance(h, str) for h in proof):
+        raise AuditLogError("receipt batch proof must be a list of base64 hashes")
+    if canonical_json(obj).decode() != position:
+        raise AuditLogError("receipt batch position is not in canonical form")
+    hashes = [_b64decode(h, "receipt batch proof") for h in proof]
+    verify_inclusion(hash_leaf(line.encode()), index, count, hashes, root)
+    return receipt
 
 
 def verify_receipt(
@@ -122,13 +217,19 @@ def verify_receipt(
     request_digest: str | None = None,
     response_digest: str | None = None,
 ) -> Receipt:
-    """Verify a receipt's signature under the log key and return what it proves.
+    """Verify a receipt (v1: its own signature; v2: its batch's) and return what it proves.
 
     The optional arguments must match the receipt when given (a client passes the digests it
     computed itself, so a receipt for another exchange is refused).
     """
-    verified = SignedNote.from_text(note).verify(log_key)
-    receipt = Receipt.from_body(verified.text)
+    try:
+        text = note.decode() if isinstance(note, bytes) else note
+    except UnicodeDecodeError as exc:
+        raise AuditLogError("receipt is not UTF-8") from exc
+    if text.startswith(RECEIPT_V2_HEADER + "\n"):
+        receipt = _open_v2(text, log_key)
+    else:
+        receipt = Receipt.from_body(SignedNote.from_text(text).verify(log_key).text)
     if not receipt.log.startswith(log_key.name + "/"):
         raise AuditLogError(
             f"receipt names log {receipt.log!r}, not a log of {log_key.name!r}",

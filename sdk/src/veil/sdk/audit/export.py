@@ -62,6 +62,11 @@ class VerifiedExport:
     def entry_count(self) -> int:
         return len(self._lines)
 
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The verified entries as exported, one JSON line each (for merging replicas' logs)."""
+        return tuple(line.decode("utf-8") for line in self._lines)
+
     def records(self) -> Iterator[tuple[int, AuditRecord]]:
         """The verified entries as parsed records, with their leaf indices."""
         for index, line in zip(self.indices, self._lines, strict=True):

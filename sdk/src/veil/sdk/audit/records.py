@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -271,3 +271,10 @@ class DigestKey:
     def digest(self, data: bytes) -> str:
         """``hmac-sha256:<hex>`` of ``data`` under this key."""
         return "hmac-sha256:" + hmac.new(self.key, data, hashlib.sha256).hexdigest()
+
+    def digest_parts(self, parts: Iterable[bytes | memoryview]) -> str:
+        """``digest`` of the concatenation of ``parts``, fed one by one (nothing is joined)."""
+        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+        for part in parts:
+            mac.update(part)
+        return "hmac-sha256:" + mac.hexdigest()

@@ -1,11 +1,9 @@
-"""``veil attest verify``: verify saved SEV-SNP, TDX or NVIDIA GPU evidence offline.
+"""``veil attest`` (verify a live enclave) and ``veil attest verify`` (saved evidence, offline).
 
-Exit codes: 0 verified, 1 rejected (the reason on stderr, and in the JSON), 2 usage (bad
-options, unreadable inputs, invalid policy file).
-
-``--json`` prints what was proven plus ``steps``: each step that ran, in order, whether it
-passed, and what it proved. The verifiers themselves stay monolithic and authoritative; the
-trace is built around them here:
+``veil attest verify`` checks SEV-SNP, TDX or NVIDIA GPU evidence; ``--json`` prints what was
+proven plus ``steps``: each step that ran, in order, whether it passed, and what it proved (on a
+rejection, the same ``steps`` beside the ``error``). The verifiers themselves stay monolithic and
+authoritative; the trace is built around them here:
 
 * TDX and NVIDIA: each step is a public verifier function called on its own
   (``verify_tdx_signature``, ``select_tcb_info``, ... / ``verify_rim``,
@@ -13,16 +11,18 @@ trace is built around them here:
 * SEV-SNP: ``verify_snp_report`` checks in a fixed, documented order (chain, report signature,
   VCEK binding, policy); a rejection is attributed to the step its reason belongs to, the steps
   before it passed, and the steps after it did not run.
+
+Evidence that is present but malformed or truncated is refused (exit 1), like evidence that
+does not verify; a missing file or a bad option is a usage error (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import hmac
-import json
-import sys
+import struct
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -31,47 +31,71 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from veil.sdk.attestation._policy import AttestationPolicy
+from veil.sdk._cli._framework import (
+    ANY_MEASUREMENT,
+    Outcome,
+    Rejected,
+    UsageError,
+    add_client_options,
+    add_command,
+    add_trust_options,
+    attestation_policy,
+    client_from_args,
+    hex_bytes,
+    iso_time,
+    read_input,
+    trust_root_file,
+    warn,
+)
 from veil.sdk.attestation._policy_file import (
     PolicyFile,
-    load_policy,
     load_policy_key,
     load_signed_policy,
+    parse_policy,
 )
-from veil.sdk.attestation._roots import TrustRoot
 from veil.sdk.attestation._snp_verify import SnpCertChain, VerifiedSnpReport, verify_snp_report
 from veil.sdk.attestation.snp_report import SnpReport
 from veil.sdk.errors import (
     AttestationError,
     AttestationFailure,
     ConfigError,
+    ConfigFailure,
     InsecureModeWarning,
-    VeilError,
     warn_insecure,
 )
+from veil.sdk.evidence import AttestedEnclave
 
-__all__ = ["add_verify_parser", "cmd_attest_verify"]
+__all__ = ["register", "snp_json"]
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 TEES = ("sev-snp", "tdx", "nvidia-gpu")
+SNP_REPORT_BYTES = 1184
 T = TypeVar("T")
 
 
-class UsageError(Exception):
-    """Bad options or unreadable inputs: exit 2."""
-
-
-def add_verify_parser(attest_sub: Any) -> None:
-    """Add ``verify`` under ``veil attest``."""
-    p = attest_sub.add_parser(
+def register(sub: Any) -> None:
+    """``veil attest`` and, under it, ``veil attest verify``."""
+    attest = add_command(
+        sub,
+        "attest",
+        _attest,
+        help="verify a live enclave's attestation",
+        description="Verify a live enclave's attestation (sends nothing else). "
+        "`veil attest verify EVIDENCE` checks saved evidence offline.",
+    )
+    add_client_options(attest)  # --api-key-file/--tenant accepted alike; attesting needs none
+    verbs = attest.add_subparsers(dest="attest_command", metavar="verify")
+    p = add_command(
+        verbs,
         "verify",
+        _verify,
         help="verify saved SEV-SNP / TDX / NVIDIA GPU evidence offline",
-        description="Exit 0 verified, 1 rejected (reason on stderr), 2 usage.",
     )
     p.add_argument("report", type=Path, metavar="EVIDENCE", help="report / quote / SPDM evidence")
     p.add_argument("--tee", choices=TEES, help="evidence type (default: recognised by content)")
-    p.add_argument("--certs", type=Path, help="SNP: ASK+ARK or VCEK+ASK+ARK; GPU: device chain")
-    p.add_argument("--vcek", type=Path, help="SNP: the VCEK (DER or PEM) when separate")
+    p.add_argument(
+        "--certs", type=Path, metavar="PEM", help="SNP: ASK+ARK or VCEK+ASK+ARK; GPU: device chain"
+    )
+    p.add_argument("--vcek", type=Path, metavar="CERT", help="SNP: the VCEK (DER or PEM)")
     p.add_argument(
         "--collateral",
         type=Path,
@@ -82,10 +106,17 @@ def add_verify_parser(attest_sub: Any) -> None:
     )
     p.add_argument("--rims", type=Path, metavar="DIR", help="GPU: offline RIM cache folder")
     p.add_argument(
-        "--rim", type=Path, action="append", default=[], help="GPU: use this RIM (repeatable)"
+        "--rim",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="GPU: use this RIM (repeatable)",
     )
-    p.add_argument("--nonce", help="GPU: the nonce the evidence must answer, hex")
-    p.add_argument("--trust-root", type=Path, help="pin this root (PEM) instead of the vendor's")
+    p.add_argument(
+        "--nonce", type=hex_bytes(32), metavar="HEX", help="GPU: the nonce the evidence answers"
+    )
+    add_trust_options(p)
     p.add_argument("--policy", type=Path, metavar="FILE", help="TOML attestation policy")
     p.add_argument(
         "--policy-key",
@@ -97,17 +128,54 @@ def add_verify_parser(attest_sub: Any) -> None:
     )
     p.add_argument("--release", help="with --policy: accept only this release's measurements")
     p.add_argument("--allow-debug", action="store_true", help="accept a debuggable guest")
-    p.add_argument("--at", help="verify as of this ISO 8601 time (default: now)")
-    p.add_argument("--report-data", help="expected REPORT_DATA (SNP, TDX), hex")
     p.add_argument(
-        "--expect-measurement",
-        action="append",
-        default=[],
-        metavar="HEX",
-        help="SNP: MEASUREMENT; TDX: MRTD (repeatable)",
+        "--at", type=iso_time, metavar="ISO8601", help="verify as of this time (default: now)"
     )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_attest_verify)
+    p.add_argument(
+        "--report-data", type=hex_bytes(64), metavar="HEX", help="expected REPORT_DATA (SNP, TDX)"
+    )
+
+
+# -- veil attest (a live enclave) ----------------------------------------------------------------
+
+
+def _attest(args: argparse.Namespace) -> Outcome:
+    with client_from_args(args, need_key=False) as client:
+        enclave = client.attest()
+    report = enclave.report
+    if isinstance(report, VerifiedSnpReport):
+        lines = [f"verified sev-snp enclave ({report.product.value}, TCB {report.reported_tcb})"]
+    else:
+        lines = [f"verified tdx enclave (TCB {report.tcb_status.value})"]
+    lines.append(f"measurement {enclave.measurement}")
+    if enclave.insecure_root:
+        lines.append("WARNING: verified under a test root, not AMD's: no hardware guarantee")
+    return Outcome(_attested_json(enclave), "\n".join(lines))
+
+
+def _attested_json(enclave: AttestedEnclave) -> dict[str, Any]:
+    report = enclave.report
+    if isinstance(report, VerifiedSnpReport):
+        doc = snp_json(report)
+    else:
+        doc = {
+            "tee": "tdx",
+            "measurement": report.mr_td.hex(),
+            "rtmrs": [r.hex() for r in report.rtmrs],
+            "mr_seam": report.mr_seam.hex(),
+            "tcb_status": report.tcb_status.value,
+            "report_data": report.report_data.hex(),
+            "verified_at": report.verified_at.isoformat(),
+        }
+    if enclave.gpu is not None:
+        doc["gpus"] = len(enclave.gpu.gpus)
+    doc.update(
+        verified=True,
+        key_id=enclave.key_id,
+        suites=[s.name for s in enclave.claims.keys],
+        valid_until=enclave.valid_until.isoformat(),
+    )
+    return doc
 
 
 # -- the step trace --------------------------------------------------------------------------
@@ -138,33 +206,6 @@ class _Trace:
 # -- inputs ----------------------------------------------------------------------------------
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
-
-
-def _hex(value: str, what: str, size: int | None = None) -> bytes:
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError as exc:
-        raise UsageError(f"{what} must be hex") from exc
-    if size is not None and len(raw) != size:
-        raise UsageError(f"{what} must be {size} bytes, got {len(raw)}")
-    return raw
-
-
-def _parse_time(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise UsageError(f"--at {value!r} is not an ISO 8601 time") from exc
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
 def _evidence_bytes(raw: bytes) -> bytes:
     """Binary evidence, or the same as hex text (as nvtrust saves it)."""
     text = raw.strip()
@@ -177,13 +218,28 @@ def _evidence_bytes(raw: bytes) -> bytes:
 
 
 def _detect(raw: bytes) -> str:
-    if len(raw) == 1184:
-        return "sev-snp"
+    """The evidence type, by content; what is none of the three is refused as malformed."""
     if len(raw) > 48 and raw[0:2] in (b"\x04\x00", b"\x05\x00") and raw[4:8] == b"\x81\0\0\0":
         return "tdx"
     if raw[:1] in (b"\x10", b"\x11", b"\x12", b"\x13") and raw[1:2] == b"\xe0":
         return "nvidia-gpu"
-    raise UsageError("cannot tell the evidence type from its content: pass --tee")
+    # An SNP ATTESTATION_REPORT starts with its version (2, 3 or 5, little-endian u32): a
+    # truncated or padded one is still recognised, so the parser can say what is wrong with it.
+    if len(raw) == SNP_REPORT_BYTES or (
+        len(raw) >= 4 and struct.unpack_from("<I", raw)[0] in (2, 3, 4, 5)
+    ):
+        return "sev-snp"
+    raise AttestationError(
+        AttestationFailure.MALFORMED,
+        f"{len(raw)} bytes that are neither a SEV-SNP report, a TDX quote nor SPDM evidence "
+        "(pass --tee if you know which it is)",
+    )
+
+
+def _explicit_root(args: argparse.Namespace) -> Path | None:
+    """The trust root file for TDX and GPU evidence (``--trust-root`` or ``$VEIL_TRUST_ROOT``)."""
+    found = trust_root_file(args)
+    return None if found is None else found[0]
 
 
 def _policy(args: argparse.Namespace) -> PolicyFile | None:
@@ -196,15 +252,16 @@ def _policy(args: argparse.Namespace) -> PolicyFile | None:
             "--policy already pins roots, measurements and debug: drop --trust-root, "
             "--expect-measurement and --allow-debug"
         )
+    data = read_input(args.policy, "--policy")
     if args.policy_key:
-        keys = [load_policy_key(_read(k, "policy key")) for k in args.policy_key]
+        try:
+            keys = [load_policy_key(read_input(k, "--policy-key")) for k in args.policy_key]
+        except ConfigError as exc:
+            raise UsageError(f"--policy-key: {exc}", reason=ConfigFailure.MALFORMED) from None
         policy = load_signed_policy(args.policy, keys)
     else:
-        print(
-            "veil: warning: --policy without --policy-key: its signature is not checked",
-            file=sys.stderr,
-        )
-        policy = load_policy(args.policy)
+        warn("--policy without --policy-key: its signature is not checked")
+        policy = parse_policy(data, source=args.policy.name, base_dir=args.policy.parent)
     return policy.for_release(args.release) if args.release else policy
 
 
@@ -256,24 +313,16 @@ def _verify_snp(
 ) -> dict[str, Any]:
     if args.certs is None:
         raise UsageError("--tee sev-snp needs --certs (ASK+ARK chain or VCEK+ASK+ARK bundle)")
-    blobs = [_read(args.certs, "--certs")]
+    blobs = [read_input(args.certs, "--certs")]
     if args.vcek is not None:
-        blobs.insert(0, _read(args.vcek, "--vcek"))
+        blobs.insert(0, read_input(args.vcek, "--vcek"))
     if policy_file is not None:
         policy_file.require("sev-snp")
         assert policy_file.snp is not None  # parse_policy requires [snp] for sev-snp
         policy = policy_file.snp
-    elif args.trust_root is not None:
-        root = TrustRoot.from_pem(_read(args.trust_root, "--trust-root"))
-        policy = AttestationPolicy.simulated_for_tests(root, measurements=args.expect_measurement)
     else:
-        policy = AttestationPolicy.production(
-            measurements=args.expect_measurement,
-            allow_any_measurement=not args.expect_measurement,
-        )
-    if policy_file is None:
-        policy = replace(policy, allow_debug=args.allow_debug)
-    expected = _hex(args.report_data, "--report-data") if args.report_data else None
+        policy = replace(attestation_policy(args), allow_debug=args.allow_debug)
+    expected: bytes | None = args.report_data
     policy = replace(policy, require_key_binding=expected is not None)
     report = trace.run(
         "parse",
@@ -338,27 +387,35 @@ def _verify_tdx(
 
     if not args.collateral:
         raise UsageError("--tee tdx needs --collateral DIR (Intel PCS responses)")
+    for folder in args.collateral:
+        if not folder.is_dir():
+            raise UsageError(
+                f"--collateral {folder}: no such folder", reason=ConfigFailure.MISSING_FILE
+            )
     try:
         collateral = TdxCollateral.from_dir(args.collateral[0])
         for extra in args.collateral[1:]:
             collateral = collateral.merged(TdxCollateral.from_dir(extra))
     except OSError as exc:
-        raise UsageError(f"cannot read --collateral: {exc}") from exc
+        raise UsageError(
+            f"--collateral: cannot read ({exc.strerror or exc})", reason=ConfigFailure.UNREADABLE
+        ) from None
     kwargs: dict[str, Any] = {}
-    if args.report_data:
-        kwargs["report_data"] = _hex(args.report_data, "--report-data", 64)
+    if args.report_data is not None:
+        kwargs["report_data"] = args.report_data
     if policy_file is not None:
         policy_file.require("tdx")
         assert policy_file.tdx is not None
         policy = replace(policy_file.tdx, **kwargs)
     else:
         if args.expect_measurement:
-            kwargs["mrtd"] = frozenset(
-                _hex(m, "--expect-measurement", 48) for m in args.expect_measurement
-            )
+            kwargs["mrtd"] = frozenset(bytes.fromhex(m) for m in args.expect_measurement)
+        else:
+            warn(ANY_MEASUREMENT)
         kwargs["allow_debug"] = args.allow_debug
-        if args.trust_root is not None:
-            policy = TdxPolicy.with_test_root(_read(args.trust_root, "--trust-root"), **kwargs)
+        root = _explicit_root(args)
+        if root is not None:
+            policy = TdxPolicy.with_test_root(read_input(root, "--trust-root"), **kwargs)
         else:
             policy = TdxPolicy.production(**kwargs)
     quote = trace.run(
@@ -443,9 +500,11 @@ def _load_root(path: Path | None) -> x509.Certificate | None:
     if path is None:
         return None
     try:
-        return x509.load_pem_x509_certificate(_read(path, "--trust-root"))
-    except ValueError as exc:
-        raise UsageError(f"--trust-root {path} is not a PEM certificate") from exc
+        return x509.load_pem_x509_certificate(read_input(path, "--trust-root"))
+    except ValueError:
+        raise UsageError(
+            f"--trust-root {path} is not a PEM certificate", reason=ConfigFailure.MALFORMED
+        ) from None
 
 
 def _verify_gpu(
@@ -465,8 +524,8 @@ def _verify_gpu(
 
     if args.certs is None:
         raise UsageError("--tee nvidia-gpu needs --certs (the device certificate chain, PEM)")
-    chain = _read(args.certs, "--certs")
-    device_root = _load_root(args.trust_root)
+    chain = read_input(args.certs, "--certs")
+    device_root = _load_root(_explicit_root(args))
     rim_root = None
     rim_dir = args.rims
     if policy_file is not None:
@@ -486,7 +545,7 @@ def _verify_gpu(
     )
     documents: list[tuple[str, bytes]] = []
     if args.rim:
-        documents = [(str(p.name), _read(p, "--rim")) for p in args.rim]
+        documents = [(str(p.name), read_input(p, "--rim")) for p in args.rim]
     else:
         store = DirectoryRimStore(rim_dir)
         for rim_id in evidence.rim_ids:
@@ -513,8 +572,8 @@ def _verify_gpu(
             "ECDSA P-384 signature over request || response"
         ),
     )
-    if args.nonce:
-        nonce = _hex(args.nonce, "--nonce", 32)
+    if args.nonce is not None:
+        nonce: bytes = args.nonce
 
         def check_nonce() -> None:
             if not hmac.compare_digest(evidence.nonce, nonce):
@@ -526,10 +585,7 @@ def _verify_gpu(
         trace.run("nonce", check_nonce, lambda _: "the SPDM request carries --nonce")
     else:
         nonce = evidence.nonce
-        print(
-            "veil: warning: no --nonce: the GPU evidence's freshness is NOT checked",
-            file=sys.stderr,
-        )
+        warn("no --nonce: the GPU evidence's freshness is NOT checked")
         trace.steps.append(
             {"step": "nonce", "ok": True, "skipped": True, "detail": "no --nonce: not checked"}
         )
@@ -543,7 +599,7 @@ def _verify_gpu(
     doc = {
         "tee": "nvidia-gpu",
         "nonce": verified.nonce.hex(),
-        "nonce_checked": bool(args.nonce),
+        "nonce_checked": args.nonce is not None,
         "driver_version": verified.driver_version,
         "vbios_version": verified.vbios_version,
         "device_certificate_sha256": verified.device_certificate_sha256.hex(),
@@ -557,57 +613,24 @@ def _verify_gpu(
 # -- the command -----------------------------------------------------------------------------
 
 
-def cmd_attest_verify(args: argparse.Namespace) -> int:
-    """Handler of ``veil attest verify`` (exit 0 verified, 1 rejected, 2 usage)."""
+def _verify(args: argparse.Namespace) -> Outcome:
+    """``veil attest verify``: 0 verified; 1 refused (malformed evidence included); 2 usage."""
     trace = _Trace()
+    raw = _evidence_bytes(read_input(args.report, "evidence"))
+    now: datetime = args.at or datetime.now(UTC)
+    policy_file = _policy(args)
     tee = args.tee
+    verify = {"sev-snp": _verify_snp, "tdx": _verify_tdx, "nvidia-gpu": _verify_gpu}
     try:
-        raw = _evidence_bytes(_read(args.report, "evidence"))
         tee = tee or _detect(raw)
-        now = _parse_time(args.at)
-        policy_file = _policy(args)
-        verify = {"sev-snp": _verify_snp, "tdx": _verify_tdx, "nvidia-gpu": _verify_gpu}[tee]
-        doc = verify(args, raw, policy_file, now, trace)
-    except (UsageError, ConfigError) as exc:
-        print(f"veil attest verify: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        doc = verify[tee](args, raw, policy_file, now, trace)
     except AttestationError as exc:
-        print(f"veil: {exc}", file=sys.stderr)
-        if args.json:
-            rejected = {
-                "verified": False,
-                "tee": tee,
-                "reason": exc.reason.value,
-                "message": exc.detail,
-                "steps": trace.steps,
-            }
-            print(json.dumps(rejected, indent=2))
-        return EXIT_REJECTED
-    except VeilError as exc:
-        print(f"veil: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
+        raise Rejected(exc, verified=False, tee=tee, steps=trace.steps) from None
     doc["verified"] = True
     doc["steps"] = trace.steps
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        for step in trace.steps:
-            print(f"  ok  {step['step']}: {step['detail']}")
-        what = doc.get("product") or doc.get("tcb_status") or doc.get("driver_version") or ""
-        print(f"verified {doc['tee']} evidence {what}".rstrip())
-        if doc.get("insecure_root"):
-            print("WARNING: verified under a test root, not the vendor's: no hardware guarantee")
-    return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m veil.sdk.attest_cli EVIDENCE ...`` (same as ``veil attest verify``)."""
-    parser = argparse.ArgumentParser(prog="veil attest")
-    add_verify_parser(parser.add_subparsers(dest="cmd", required=True))
-    args = parser.parse_args(["verify", *(sys.argv[1:] if argv is None else argv)])
-    handler: Callable[[argparse.Namespace], int] = args.func
-    return handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    lines = [f"  ok  {step['step']}: {step['detail']}" for step in trace.steps]
+    what = doc.get("product") or doc.get("tcb_status") or doc.get("driver_version") or ""
+    lines.append(f"verified {doc['tee']} evidence {what}".rstrip())
+    if doc.get("insecure_root"):
+        lines.append("WARNING: verified under a test root, not the vendor's: no hardware guarantee")
+    return Outcome(doc, "\n".join(lines))
