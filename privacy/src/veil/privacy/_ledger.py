@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from veil.sdk.errors import ConfigError, PrivacyBudgetExceeded, VeilError
 
@@ -120,6 +121,110 @@ class BudgetStatus:
         return self.remaining_delta * min(1.0, epsilon / eps_left) * (1 - DELTA_SHARE_MARGIN)
 
 
+def check_charge(plan: TrainingPlan, tenant: str, dataset_sha256: str) -> None:
+    """The arguments every ledger refuses before touching storage."""
+    if not (math.isfinite(plan.epsilon) and plan.epsilon >= 0):
+        raise ConfigError(f"charge epsilon {plan.epsilon} must be a non-negative number")
+    if not tenant or not dataset_sha256:
+        raise ConfigError("a charge needs a tenant and a dataset digest")
+
+
+def check_fits(
+    plan: TrainingPlan,
+    status: BudgetStatus,
+    spent: tuple[list[float], list[float]],
+    *,
+    tenant: str,
+    dataset_sha256: str,
+    job_id: str,
+) -> None:
+    """Raise ``PrivacyBudgetExceeded`` unless ``plan`` fits beside the charges ``spent``
+    (epsilons, deltas), totals summed exactly as ``status()`` sums them once it is in."""
+    eps, deltas = spent
+    if math.fsum([*eps, plan.epsilon]) > status.budget_epsilon:
+        raise PrivacyBudgetExceeded(
+            f"job {job_id} needs epsilon {plan.epsilon:.4g} but dataset "
+            f"{dataset_sha256[:16]} of tenant {tenant!r} has {status.remaining_epsilon:.4g} "
+            f"of {status.budget_epsilon:.4g} left",
+            remaining_epsilon=status.remaining_epsilon,
+            remaining_delta=status.remaining_delta,
+        )
+    if math.fsum([*deltas, plan.delta]) > status.budget_delta:
+        raise PrivacyBudgetExceeded(
+            f"job {job_id} needs delta {plan.delta:.3g} but dataset "
+            f"{dataset_sha256[:16]} of tenant {tenant!r} has {status.remaining_delta:.3g} "
+            f"of delta {status.budget_delta:.3g} left",
+            remaining_epsilon=status.remaining_epsilon,
+            remaining_delta=status.remaining_delta,
+        )
+
+
+def charge_values(
+    charge_id: str, tenant: str, dataset_sha256: str, job_id: str, plan: TrainingPlan
+) -> tuple[object, ...]:
+    """The columns of a new open charge: id, tenant, dataset, job_id, epsilon, delta,
+    planned_epsilon, noise_multiplier, sample_rate, steps, accountant."""
+    return (
+        charge_id,
+        tenant,
+        dataset_sha256,
+        job_id,
+        plan.epsilon,
+        plan.delta,
+        plan.epsilon,
+        plan.noise_multiplier,
+        plan.sample_rate,
+        plan.steps,
+        plan.accountant.value,
+    )
+
+
+def epsilon_used(schedule: tuple[Any, ...], steps_started: int) -> float:
+    """Epsilon of the ``steps_started`` steps that ran, from a charge's (noise_multiplier,
+    sample_rate, steps, accountant, delta)."""
+    sigma, q, steps, accountant, delta = schedule
+    if not 0 <= steps_started <= int(steps):
+        raise ConfigError(f"steps_started {steps_started} outside 0..{steps}")
+    return compute_epsilon(
+        noise_multiplier=float(sigma),
+        sample_rate=float(q),
+        steps=steps_started,
+        delta=float(delta),
+        accountant=AccountantKind(accountant),
+    )
+
+
+def settled(row: tuple[Any, ...], charge_id: str, used: float, steps_started: int) -> Charge:
+    """The settled charge for its current (tenant, dataset, job_id, epsilon, delta, state):
+    epsilon lowered to what ran, delta refunded when no step started; only an open one."""
+    tenant, dataset, job_id, charged, charged_delta, state = row
+    if state != "open":
+        raise ConfigError(f"budget charge {charge_id} is already settled")
+    new_eps = min(float(charged), used)
+    new_delta = 0.0 if steps_started == 0 else float(charged_delta)
+    return Charge(charge_id, tenant, dataset, job_id, new_eps, new_delta, settled=True)
+
+
+def sum_by_tenant(rows: Iterable[tuple[Any, ...]]) -> dict[str, tuple[float, float]]:
+    """(epsilon, delta) per tenant from (tenant, epsilon, delta) rows, summed exactly."""
+    eps: dict[str, list[float]] = {}
+    deltas: dict[str, list[float]] = {}
+    for tenant, e, d in rows:
+        eps.setdefault(tenant, []).append(float(e))
+        deltas.setdefault(tenant, []).append(float(d))
+    return {t: (math.fsum(eps[t]), math.fsum(deltas[t])) for t in eps}
+
+
+def charges_from_rows(
+    rows: Iterable[tuple[Any, ...]], tenant: str, dataset_sha256: str
+) -> list[Charge]:
+    """Charges from (id, job_id, epsilon, delta, state) rows."""
+    return [
+        Charge(r[0], tenant, dataset_sha256, r[1], float(r[2]), float(r[3]), r[4] == "settled")
+        for r in rows
+    ]
+
+
 class BudgetLedger:
     """Charges, settles and reports privacy budgets, persisted in the SQLite file ``path``.
 
@@ -204,31 +309,12 @@ class BudgetLedger:
         ``PrivacyBudgetExceeded`` (with ``remaining_epsilon``) if either sum would pass the
         dataset's budget. A dataset's budget is fixed from ``default_budget`` at its first charge.
         """
-        if not (math.isfinite(plan.epsilon) and plan.epsilon >= 0):
-            raise ConfigError(f"charge epsilon {plan.epsilon} must be a non-negative number")
-        if not tenant or not dataset_sha256:
-            raise ConfigError("a charge needs a tenant and a dataset digest")
+        check_charge(plan, tenant, dataset_sha256)
         charge_id = uuid.uuid4().hex
         with self._write() as conn:
             st = self._status(conn, tenant, dataset_sha256, self._default)
-            eps, deltas = self._spent(conn, tenant, dataset_sha256)
-            # Totals summed exactly as status() will sum them once this charge is in.
-            if math.fsum([*eps, plan.epsilon]) > st.budget_epsilon:
-                raise PrivacyBudgetExceeded(
-                    f"job {job_id} needs epsilon {plan.epsilon:.4g} but dataset "
-                    f"{dataset_sha256[:16]} of tenant {tenant!r} has {st.remaining_epsilon:.4g} "
-                    f"of {st.budget_epsilon:.4g} left",
-                    remaining_epsilon=st.remaining_epsilon,
-                    remaining_delta=st.remaining_delta,
-                )
-            if math.fsum([*deltas, plan.delta]) > st.budget_delta:
-                raise PrivacyBudgetExceeded(
-                    f"job {job_id} needs delta {plan.delta:.3g} but dataset "
-                    f"{dataset_sha256[:16]} of tenant {tenant!r} has {st.remaining_delta:.3g} "
-                    f"of delta {st.budget_delta:.3g} left",
-                    remaining_epsilon=st.remaining_epsilon,
-                    remaining_delta=st.remaining_delta,
-                )
+            spent = self._spent(conn, tenant, dataset_sha256)
+            check_fits(plan, st, spent, tenant=tenant, dataset_sha256=dataset_sha256, job_id=job_id)
             conn.execute(
                 "INSERT OR IGNORE INTO budgets (tenant, dataset, epsilon, delta) "
                 "VALUES (?, ?, ?, ?)",
@@ -238,19 +324,7 @@ class BudgetLedger:
                 "INSERT INTO charges (id, tenant, dataset, job_id, epsilon, delta, "
                 "planned_epsilon, noise_multiplier, sample_rate, steps, accountant, state) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')",
-                (
-                    charge_id,
-                    tenant,
-                    dataset_sha256,
-                    job_id,
-                    plan.epsilon,
-                    plan.delta,
-                    plan.epsilon,
-                    plan.noise_multiplier,
-                    plan.sample_rate,
-                    plan.steps,
-                    plan.accountant.value,
-                ),
+                charge_values(charge_id, tenant, dataset_sha256, job_id, plan),
             )
         return Charge(
             charge_id, tenant, dataset_sha256, job_id, plan.epsilon, plan.delta, settled=False
@@ -271,42 +345,24 @@ class BudgetLedger:
             ).fetchone()
         if row is None:
             raise ConfigError(f"no budget charge {charge_id}")
-        sigma, q, steps, accountant, delta, _ = row
-        if not 0 <= steps_started <= int(steps):
-            raise ConfigError(f"steps_started {steps_started} outside 0..{steps}")
-        used = compute_epsilon(
-            noise_multiplier=float(sigma),
-            sample_rate=float(q),
-            steps=steps_started,
-            delta=float(delta),
-            accountant=AccountantKind(accountant),
-        )
+        used = epsilon_used(row[:5], steps_started)
         with self._write() as conn:
             cur = conn.execute(
                 "SELECT tenant, dataset, job_id, epsilon, delta, state FROM charges WHERE id=?",
                 (charge_id,),
             ).fetchone()
-            tenant, dataset, job_id, charged, charged_delta, state = cur
-            if state != "open":
-                raise ConfigError(f"budget charge {charge_id} is already settled")
-            new_eps = min(float(charged), used)
-            new_delta = 0.0 if steps_started == 0 else float(charged_delta)
+            done = settled(cur, charge_id, used, steps_started)
             conn.execute(
                 "UPDATE charges SET epsilon=?, delta=?, state='settled', steps_ran=? WHERE id=?",
-                (new_eps, new_delta, steps_started, charge_id),
+                (done.epsilon, done.delta, steps_started, charge_id),
             )
-        return Charge(charge_id, tenant, dataset, job_id, new_eps, new_delta, settled=True)
+        return done
 
     def spent_by_tenant(self) -> dict[str, tuple[float, float]]:
         """(epsilon, delta) charged per tenant, summed over its datasets (open charges in full)."""
         with self._connect() as conn:
             rows = conn.execute("SELECT tenant, epsilon, delta FROM charges").fetchall()
-        eps: dict[str, list[float]] = {}
-        deltas: dict[str, list[float]] = {}
-        for tenant, e, d in rows:
-            eps.setdefault(tenant, []).append(float(e))
-            deltas.setdefault(tenant, []).append(float(d))
-        return {t: (math.fsum(eps[t]), math.fsum(deltas[t])) for t in eps}
+        return sum_by_tenant(rows)
 
     def charges(self, tenant: str, dataset_sha256: str) -> list[Charge]:
         with self._connect() as conn:
@@ -315,7 +371,4 @@ class BudgetLedger:
                 "WHERE tenant=? AND dataset=? ORDER BY rowid",
                 (tenant, dataset_sha256),
             ).fetchall()
-        return [
-            Charge(r[0], tenant, dataset_sha256, r[1], float(r[2]), float(r[3]), r[4] == "settled")
-            for r in rows
-        ]
+        return charges_from_rows(rows, tenant, dataset_sha256)

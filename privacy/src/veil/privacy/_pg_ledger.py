@@ -19,10 +19,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from veil.sdk.errors import ConfigError, PrivacyBudgetExceeded, VeilError
+from veil.sdk.errors import ConfigError, VeilError
 
-from ._accounting import AccountantKind, compute_epsilon
-from ._ledger import BudgetConfig, BudgetLedger, BudgetStatus, Charge
+from ._ledger import (
+    BudgetConfig,
+    BudgetLedger,
+    BudgetStatus,
+    Charge,
+    charge_values,
+    charges_from_rows,
+    check_charge,
+    check_fits,
+    epsilon_used,
+    settled,
+    sum_by_tenant,
+)
 from ._training import TrainingPlan
 
 if TYPE_CHECKING:
@@ -139,30 +150,12 @@ class PostgresBudgetLedger(BudgetLedger):
         self, tenant: str, dataset_sha256: str, plan: TrainingPlan, *, job_id: str
     ) -> Charge:
         """Reserve the plan's epsilon and delta, or raise ``PrivacyBudgetExceeded``."""
-        if not (math.isfinite(plan.epsilon) and plan.epsilon >= 0):
-            raise ConfigError(f"charge epsilon {plan.epsilon} must be a non-negative number")
-        if not tenant or not dataset_sha256:
-            raise ConfigError("a charge needs a tenant and a dataset digest")
+        check_charge(plan, tenant, dataset_sha256)
         charge_id = uuid.uuid4().hex
         with self._transaction() as conn:
             st = self._pg_status(conn, tenant, dataset_sha256, lock=True)
-            eps, deltas = self._pg_spent(conn, tenant, dataset_sha256)
-            if math.fsum([*eps, plan.epsilon]) > st.budget_epsilon:
-                raise PrivacyBudgetExceeded(
-                    f"job {job_id} needs epsilon {plan.epsilon:.4g} but dataset "
-                    f"{dataset_sha256[:16]} of tenant {tenant!r} has {st.remaining_epsilon:.4g} "
-                    f"of {st.budget_epsilon:.4g} left",
-                    remaining_epsilon=st.remaining_epsilon,
-                    remaining_delta=st.remaining_delta,
-                )
-            if math.fsum([*deltas, plan.delta]) > st.budget_delta:
-                raise PrivacyBudgetExceeded(
-                    f"job {job_id} needs delta {plan.delta:.3g} but dataset "
-                    f"{dataset_sha256[:16]} of tenant {tenant!r} has {st.remaining_delta:.3g} "
-                    f"of delta {st.budget_delta:.3g} left",
-                    remaining_epsilon=st.remaining_epsilon,
-                    remaining_delta=st.remaining_delta,
-                )
+            spent = self._pg_spent(conn, tenant, dataset_sha256)
+            check_fits(plan, st, spent, tenant=tenant, dataset_sha256=dataset_sha256, job_id=job_id)
             taken = conn.execute(
                 "SELECT 1 FROM veil_charges WHERE tenant=%s AND dataset=%s AND job_id=%s",
                 (tenant, dataset_sha256, job_id),
@@ -173,19 +166,7 @@ class PostgresBudgetLedger(BudgetLedger):
                 "INSERT INTO veil_charges (id, tenant, dataset, job_id, epsilon, delta, "
                 "planned_epsilon, noise_multiplier, sample_rate, steps, accountant, state) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'open')",
-                (
-                    charge_id,
-                    tenant,
-                    dataset_sha256,
-                    job_id,
-                    plan.epsilon,
-                    plan.delta,
-                    plan.epsilon,
-                    plan.noise_multiplier,
-                    plan.sample_rate,
-                    plan.steps,
-                    plan.accountant.value,
-                ),
+                charge_values(charge_id, tenant, dataset_sha256, job_id, plan),
             )
         return Charge(
             charge_id, tenant, dataset_sha256, job_id, plan.epsilon, plan.delta, settled=False
@@ -195,24 +176,15 @@ class PostgresBudgetLedger(BudgetLedger):
         """Close a charge for the ``steps_started`` steps that ran; refund the rest (once)."""
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT noise_multiplier, sample_rate, steps, accountant, planned_epsilon, "
-                "delta, state FROM veil_charges WHERE id=%s",
+                "SELECT noise_multiplier, sample_rate, steps, accountant, delta, state "
+                "FROM veil_charges WHERE id=%s",
                 (charge_id,),
             ).fetchone()
         if row is None:
             raise ConfigError(f"no budget charge {charge_id}")
-        sigma, q, steps, accountant, _, delta, state = row
-        if state != "open":
+        if row[5] != "open":
             raise ConfigError(f"budget charge {charge_id} is already settled")
-        if not 0 <= steps_started <= int(steps):
-            raise ConfigError(f"steps_started {steps_started} outside 0..{steps}")
-        used = compute_epsilon(
-            noise_multiplier=float(sigma),
-            sample_rate=float(q),
-            steps=steps_started,
-            delta=float(delta),
-            accountant=AccountantKind(accountant),
-        )
+        used = epsilon_used(row[:5], steps_started)
         with self._transaction() as conn:
             cur = conn.execute(
                 "SELECT tenant, dataset, job_id, epsilon, delta, state FROM veil_charges "
@@ -220,28 +192,19 @@ class PostgresBudgetLedger(BudgetLedger):
                 (charge_id,),
             ).fetchone()
             assert cur is not None  # charges are never deleted
-            tenant, dataset, job_id, charged, charged_delta, state = cur
-            if state != "open":
-                raise ConfigError(f"budget charge {charge_id} is already settled")
-            new_eps = min(float(charged), used)
-            new_delta = 0.0 if steps_started == 0 else float(charged_delta)
+            done = settled(cur, charge_id, used, steps_started)
             conn.execute(
                 "UPDATE veil_charges SET epsilon=%s, delta=%s, state='settled', steps_ran=%s "
                 "WHERE id=%s",
-                (new_eps, new_delta, steps_started, charge_id),
+                (done.epsilon, done.delta, steps_started, charge_id),
             )
-        return Charge(charge_id, tenant, dataset, job_id, new_eps, new_delta, settled=True)
+        return done
 
     def spent_by_tenant(self) -> dict[str, tuple[float, float]]:
         """(epsilon, delta) charged per tenant, summed over its datasets (open charges in full)."""
         with self._transaction() as conn:
             rows = conn.execute("SELECT tenant, epsilon, delta FROM veil_charges").fetchall()
-        eps: dict[str, list[float]] = {}
-        deltas: dict[str, list[float]] = {}
-        for tenant, e, d in rows:
-            eps.setdefault(tenant, []).append(float(e))
-            deltas.setdefault(tenant, []).append(float(d))
-        return {t: (math.fsum(eps[t]), math.fsum(deltas[t])) for t in eps}
+        return sum_by_tenant(rows)
 
     def charges(self, tenant: str, dataset_sha256: str) -> list[Charge]:
         with self._transaction() as conn:
@@ -250,7 +213,4 @@ class PostgresBudgetLedger(BudgetLedger):
                 "WHERE tenant=%s AND dataset=%s ORDER BY seq",
                 (tenant, dataset_sha256),
             ).fetchall()
-        return [
-            Charge(r[0], tenant, dataset_sha256, r[1], float(r[2]), float(r[3]), r[4] == "settled")
-            for r in rows
-        ]
+        return charges_from_rows(rows, tenant, dataset_sha256)
