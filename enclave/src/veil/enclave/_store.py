@@ -65,6 +65,22 @@ class ModelRecord:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
+    @classmethod
+    def upload(
+        cls, tenant: str, name: str, version: int, data: bytes, model: ValidatedModel, now: datetime
+    ) -> ModelRecord:
+        """The record of ``data`` registered as ``name@version`` at ``now``."""
+        return cls(
+            tenant=tenant,
+            name=name,
+            version=version,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            created_at_ms=int(now.timestamp() * 1000),
+            inputs=model.inputs,
+            outputs=model.outputs,
+        )
+
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
@@ -141,16 +157,7 @@ class ModelStore:
                 if _VERSION_RE.fullmatch(p.stem[1:])
             ]
             version = max(used, default=0) + 1
-            record = ModelRecord(
-                tenant=tenant,
-                name=name,
-                version=version,
-                sha256=hashlib.sha256(data).hexdigest(),
-                size=len(data),
-                created_at_ms=int(self._clock().timestamp() * 1000),
-                inputs=validated.inputs,
-                outputs=validated.outputs,
-            )
+            record = ModelRecord.upload(tenant, name, version, data, validated, self._clock())
             blob = seal_blob(self._storage_key(tenant), data, self._aad(tenant, name, version))
             meta = record.to_json()
             ensure_space(folder, len(blob) + len(meta), headroom=self._headroom)

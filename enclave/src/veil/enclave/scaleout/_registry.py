@@ -16,7 +16,6 @@ model's SHA-256, size, creation time and tensor signatures: metadata, never the 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -74,16 +73,7 @@ class PostgresModelStore(ModelStore):
                 (tenant, name),
             ).fetchone()
             version = int(str(row[0])) + 1 if row else 1
-            record = ModelRecord(
-                tenant=tenant,
-                name=name,
-                version=version,
-                sha256=hashlib.sha256(data).hexdigest(),
-                size=len(data),
-                created_at_ms=int(self._clock().timestamp() * 1000),
-                inputs=validated.inputs,
-                outputs=validated.outputs,
-            )
+            record = ModelRecord.upload(tenant, name, version, data, validated, self._clock())
             blob = seal_blob(self._storage_key(tenant), data, self._aad(tenant, name, version))
             ensure_space(folder, len(blob), headroom=self._headroom)
             blob_path = folder / f"v{version}.onnx.enc"
