@@ -16,7 +16,26 @@ from veil.sdk.evidence import from_ms, to_ms
 from veil.sdk.protocol import PROTOCOL_VERSION, Suite, claims_digest, encode_hybrid
 from veil.v1 import attestation_pb2
 
-__all__ = ["Epochs", "KeyEpoch", "KeyRing", "UnknownKeyError"]
+__all__ = ["Epochs", "KeyEpoch", "KeyRing", "UnknownKeyError", "suite_keys"]
+
+
+def suite_keys(
+    x: x25519.X25519PrivateKey,
+    hybrid_m: mlkem.MLKEM768PrivateKey,
+    hybrid_x: x25519.X25519PrivateKey,
+) -> list[attestation_pb2.SuiteKey]:
+    """The public keys an epoch publishes in its claims, one per suite."""
+    return [
+        attestation_pb2.SuiteKey(
+            suite=int(Suite.X25519_SHA256_AES256GCM),
+            public_key=x.public_key().public_bytes_raw(),
+        ),
+        attestation_pb2.SuiteKey(
+            suite=int(Suite.MLKEM768X25519_SHA256_AES256GCM),
+            public_key=encode_hybrid(hybrid_m.public_key(), hybrid_x.public_key()),
+        ),
+    ]
+
 
 PrivateKey = x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
 _MATERIAL_LEN = 32 + 64 + 32
@@ -91,16 +110,7 @@ class KeyEpoch:
         claims = attestation_pb2.EnclaveClaims(
             protocol_version=PROTOCOL_VERSION,
             key_id=key_id,
-            keys=[
-                attestation_pb2.SuiteKey(
-                    suite=int(Suite.X25519_SHA256_AES256GCM),
-                    public_key=x.public_key().public_bytes_raw(),
-                ),
-                attestation_pb2.SuiteKey(
-                    suite=int(Suite.MLKEM768X25519_SHA256_AES256GCM),
-                    public_key=encode_hybrid(hybrid_m.public_key(), hybrid_x.public_key()),
-                ),
-            ],
+            keys=suite_keys(x, hybrid_m, hybrid_x),
             issued_at_ms=to_ms(now),
             expires_at_ms=to_ms(expires),
             measurement_hex=measurement.hex(),  # empty on real hardware (it measures itself)

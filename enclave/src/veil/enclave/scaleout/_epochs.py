@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
-from veil.enclave._keys import KeyEpoch, KeyRing, PrivateKey, UnknownKeyError
+from veil.enclave._keys import KeyEpoch, KeyRing, PrivateKey, UnknownKeyError, suite_keys
 from veil.sdk.errors import ProtocolError
 from veil.sdk.evidence import from_ms, to_ms
-from veil.sdk.protocol import PROTOCOL_VERSION, Suite, claims_digest, encode_hybrid
+from veil.sdk.protocol import PROTOCOL_VERSION, Suite, claims_digest
 from veil.v1 import attestation_pb2, scaleout_pb2
 
 __all__ = ["EpochSchedule", "SharedKeyRing", "epoch_from_proto", "new_shared_epoch"]
@@ -46,16 +46,7 @@ def new_shared_epoch(
     claims = attestation_pb2.EnclaveClaims(
         protocol_version=PROTOCOL_VERSION,
         key_id=secrets.token_hex(8),
-        keys=[
-            attestation_pb2.SuiteKey(
-                suite=int(Suite.X25519_SHA256_AES256GCM),
-                public_key=x.public_key().public_bytes_raw(),
-            ),
-            attestation_pb2.SuiteKey(
-                suite=int(Suite.MLKEM768X25519_SHA256_AES256GCM),
-                public_key=encode_hybrid(hybrid_m.public_key(), hybrid_x.public_key()),
-            ),
-        ],
+        keys=suite_keys(x, hybrid_m, hybrid_x),
         issued_at_ms=to_ms(issued_at),
         expires_at_ms=to_ms(issued_at + lifetime),
         measurement_hex="",  # replicas' reports are authoritative, each measures itself
