@@ -224,11 +224,20 @@ def external_data_models(planted: Path, cwd: Path) -> list[Hostile]:
 def _loop_model(
     trips: Callable[[], list[NodeProto]], from_input: bool, *, nest: bool = False
 ) -> ModelProto:
-    """``y = x + M`` by a Loop adding 1 per iteration; ``M`` from ``trips`` or from input ``M``."""
+    """``y = x + M`` by a Loop adding 1 per iteration; ``M`` from ``trips`` or from input ``M``.
+
+    Each iteration also tiles ``v`` to 64 Ki floats and adds 0 times their sum, so that even a
+    trip count at the admission bound (10^6) takes far longer than the 1 s limit on any machine:
+    the watchdog, not the speed of the machine, is what stops it.
+    """
     body = helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+            helper.make_node("Tile", ["v_in", "repeats"], ["wide"]),
+            helper.make_node("ReduceSum", ["wide"], ["total"]),
+            helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+            helper.make_node("Add", ["v_in", "one"], ["next"]),
+            helper.make_node("Add", ["next", "nothing"], ["v_out"]),
         ],
         "body",
         [
@@ -237,7 +246,11 @@ def _loop_model(
             _info("v_in", TensorProto.FLOAT, [8]),
         ],
         [_info("cond_out", TensorProto.BOOL, []), _info("v_out", TensorProto.FLOAT, [8])],
-        [numpy_helper.from_array(np.ones(8, np.float32), "one")],
+        [
+            numpy_helper.from_array(np.ones(8, np.float32), "one"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+            numpy_helper.from_array(np.array([8192], np.int64), "repeats"),
+        ],
     )
     nodes = [
         helper.make_node(

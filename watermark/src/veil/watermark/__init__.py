@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 _HOME = {
-    "DEFAULT_EMBED_EPOCHS": "_plan",
+    "DEFAULT_EMBED_EPOCHS": "_defaults",
     "DEFAULT_THRESHOLD": "_verify",
     "EmbedResult": "_embed",
     "LayerLocator": "_locate",

@@ -33,11 +33,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from veil.sdk.errors import WatermarkError
 from veil.watermark._claim import EmbeddingReport, WatermarkClaim, public_key_bytes
+from veil.watermark._defaults import DEFAULT_EMBED_EPOCHS
 from veil.watermark._invariants import kernel_bag_dim
 from veil.watermark._keys import WatermarkKey
 from veil.watermark._locate import LayerLocator, LocatedLayer, locate, weight_layers
 from veil.watermark._onnx_torch import OnnxModule, write_back
-from veil.watermark._plan import DEFAULT_BITS, DEFAULT_EMBED_EPOCHS, DEFAULT_MARGIN, WatermarkPlan
+from veil.watermark._plan import DEFAULT_BITS, DEFAULT_MARGIN, WatermarkPlan
 from veil.watermark._pvalue import binomial_tail
 from veil.watermark._regularizer import WatermarkRegularizer
 from veil.watermark._trigger import TriggerParams, derive_trigger_set

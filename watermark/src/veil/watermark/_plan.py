@@ -21,9 +21,6 @@ __all__ = ["DEFAULT_BITS", "DEFAULT_MARGIN", "WatermarkPlan"]
 
 DEFAULT_BITS = 128
 DEFAULT_MARGIN = 1.5
-# Fine-tuning epochs of an embedding (the checkpoint kept is the least damaging one with the
-# mark in, so more epochs give it more candidates; docs/WATERMARK.md "Accuracy").
-DEFAULT_EMBED_EPOCHS = 120
 
 
 @dataclass(frozen=True)

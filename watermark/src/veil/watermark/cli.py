@@ -32,7 +32,7 @@ from veil.sdk.cli import (
     write_output,
 )
 from veil.sdk.errors import ConfigError, ConfigFailure, WatermarkError
-from veil.watermark._plan import DEFAULT_EMBED_EPOCHS
+from veil.watermark._defaults import DEFAULT_EMBED_EPOCHS
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
