@@ -9,11 +9,15 @@ any budget is charged.
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
-from enclave_support import Served
+from enclave_support import TENANT_KEYS, Served
 from sklearn.datasets import load_digits
 
 from veil.sdk import InsecureModeWarning, RemoteError
@@ -96,3 +100,47 @@ def test_bad_watermark_key_is_refused_before_any_budget_is_spent(
             list(job.stream())
         after = client.budget(dataset)
     assert after.epsilon_spent == before.epsilon_spent
+
+
+def test_veil_train_watermark_writes_the_claim_and_keeps_the_record_verifiable(
+    served: Served, digits_npz: bytes, tmp_path: Path
+) -> None:
+    """`veil train --watermark KEY.json --claim-out FILE`: the mark goes in while training, the
+    signed claim is written, and the --json record still verifies offline (claim not mixed in)."""
+    (tmp_path / "d.npz").write_bytes(digits_npz)
+    (tmp_path / "root.pem").write_bytes(served.root_pem)
+    (tmp_path / "api").write_text(TENANT_KEYS["default"] + "\n")
+    (tmp_path / "KEY.json").write_text(json.dumps(_key_file(50)))
+    common = ["--target", served.address, "--trust-root", str(tmp_path / "root.pem")]
+    veil = [sys.executable, "-m", "veil.sdk.cli"]
+    run = subprocess.run(
+        [*veil, "train", *common, "--api-key-file", str(tmp_path / "api"),
+         "--dataset", str(tmp_path / "d.npz"), "--arch", "mlp", "--epsilon", "4",
+         "--epochs", "3", "--model", "cli-marked", "--watermark", str(tmp_path / "KEY.json"),
+         "--claim-out", str(tmp_path / "claim.json"), "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    claim = WatermarkClaim.from_json((tmp_path / "claim.json").read_text())
+    record = json.loads(run.stdout)
+    assert record["watermark_claim_sha256"] == claim.digest()
+    (tmp_path / "record.json").write_text(run.stdout)
+    verified = subprocess.run(
+        [*veil, "train", "verify", str(tmp_path / "record.json"), *common[2:]],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr
+    with served.client() as client:
+        check = client.verify_watermark(record["model_ref"], claim.to_json(), _key_file(50))
+    assert check.detected
+
+
+def test_veil_train_claim_out_without_watermark_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "d.npz").write_bytes(b"x")
+    run = subprocess.run(
+        [sys.executable, "-m", "veil.sdk.cli", "train", "--target", "127.0.0.1:1",
+         "--dataset", str(tmp_path / "d.npz"), "--epsilon", "1", "--claim-out", "c.json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].endswith("need --watermark KEY.json")

@@ -27,6 +27,7 @@ from veil.sdk._cli._framework import (
     read_json,
     read_text,
     require,
+    write_output,
 )
 from veil.sdk._operations import DATASET_FORMATS
 from veil.sdk._training import TrainingOutcome, TrainingProgress, verify_training_record
@@ -86,6 +87,23 @@ def register_train(sub: Any) -> None:
     )
     job.add_argument("--epochs", type=positive_int, default=5, metavar="N", help="passes")
     job.add_argument("--spec", type=Path, metavar="SPEC.toml", help="model and training options")
+    mark = parser.add_argument_group("watermark the model while it trains (docs/WATERMARK.md)")
+    mark.add_argument(
+        "--watermark",
+        type=Path,
+        metavar="KEY.json",
+        help="the owner's `veil watermark keygen` file: embed its mark during DP training "
+        "(costs no epsilon)",
+    )
+    mark.add_argument(
+        "--watermark-strength",
+        type=positive_float,
+        metavar="S",
+        help="the regulariser's strength (default: the enclave's, 20)",
+    )
+    mark.add_argument(
+        "--claim-out", type=Path, metavar="FILE", help="write the signed watermark claim here"
+    )
     verbs = parser.add_subparsers(dest="train_command", metavar="verify")
     verify = add_command(verbs, "verify", _verify, help="verify a saved training record offline")
     verify.add_argument("record", type=Path, metavar="RECORD.json", help="from veil train --json")
@@ -151,6 +169,11 @@ def _train(args: argparse.Namespace) -> Outcome:
     model_spec, options = _spec(args.spec)
     if args.model is not None:
         options["name"] = args.model
+    if args.watermark is None and (args.claim_out or args.watermark_strength) is not None:
+        raise UsageError("--claim-out and --watermark-strength need --watermark KEY.json")
+    if args.watermark is not None:
+        options["watermark"] = check_readable(args.watermark, "--watermark")
+        options["watermark_strength"] = args.watermark_strength or 0.0
     with client_from_args(args) as client:
         uploaded = client.upload_dataset(
             dataset, format=data_format, label_column=args.label_column
@@ -177,12 +200,17 @@ def _train(args: argparse.Namespace) -> Outcome:
                 outcome = event
     assert outcome is not None  # the stream ends with the outcome or raises
     record = outcome.record
-    return Outcome(
-        outcome.to_json(),
+    text = (
         f"registered {outcome.model.ref}: epsilon {record['epsilon']:.4f} at delta "
         f"{record['delta']:g} ({record['accountant']}), {record['steps']} steps, "
-        f"noise multiplier {record['noise_multiplier']:.4f}; dataset {record['dataset_sha256']}",
+        f"noise multiplier {record['noise_multiplier']:.4f}; dataset {record['dataset_sha256']}"
     )
+    mark = outcome.watermark
+    if mark is not None:  # the claim goes to --claim-out: --json prints the verifiable record
+        if args.claim_out is not None:
+            write_output(args.claim_out, mark.claim_json, "--claim-out")
+        text += f"\nwatermark: {mark.matches}/{mark.n_bits} bits, p = {mark.p_value:.3g}"
+    return Outcome(outcome.to_json(), text)
 
 
 def _verify(args: argparse.Namespace) -> Outcome:
