@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from veil.sdk.cli import DEFAULT_PORT, Outcome, UsageError, add_command
+from veil.sdk.cli import DEFAULT_PORT, Outcome, UsageError, add_command, value_type
 from veil.sdk.errors import ConfigFailure
 
 __all__ = ["register_measure", "register_serve"]
@@ -27,14 +27,7 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port < 65536:
-        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, not {text!r}")
-    return port
+_port = value_type(int, lambda v: 0 <= v < 65536, "a port number 0..65535")
 
 
 def register_serve(sub: Any) -> None:

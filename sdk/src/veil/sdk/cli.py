@@ -35,6 +35,7 @@ from veil.sdk._cli._framework import (
     read_json,
     read_text,
     require,
+    value_type,
     warn,
     write_output,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "read_json",
     "read_text",
     "require",
+    "value_type",
     "warn",
     "write_output",
 ]

@@ -29,6 +29,7 @@ from veil.sdk.cli import (
     read_input,
     read_json,
     read_text,
+    value_type,
     write_output,
 )
 from veil.sdk.errors import ConfigError, ConfigFailure, WatermarkError
@@ -46,24 +47,8 @@ OPENING_VERSION = "veil-wm-opening-v1"
 DEFAULT_THRESHOLD = 1e-9  # the same default as veil.watermark._verify (kept here: import-free)
 
 
-def _holdout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), not {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text!r}")
-    return value
+_holdout = value_type(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_count = value_type(int, lambda v: v >= 0, "a whole number >= 0")
 
 
 def register(subparsers: Any) -> None:

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import enum
 import json
+import math
 import os
 import re
 import sys
@@ -30,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from veil.sdk._client import Client
 from veil.sdk._core import TlsOptions
@@ -231,35 +232,31 @@ def require(args: argparse.Namespace, dest: str, flag: str) -> Any:
 # -- option value types (a bad value is a usage error, in argparse's one line) ------------------
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
-    return value
+def value_type(
+    parse: Callable[[str], N], accept: Callable[[N], bool], expected: str
+) -> Callable[[str], N]:
+    """An option type: ``parse`` the text, keep it if ``accept``, else one usage line
+    ``must be <expected>, not '<text>'`` (a text that does not parse gets the same line)."""
+
+    def convert(text: str) -> N:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, not {text!r}")
+        return value
+
+    return convert
 
 
-def fraction(text: str) -> float:
-    """A number strictly between 0 and 1 (a delta, a threshold)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}")
-    return value
+positive_int = value_type(int, lambda v: v >= 1, "a whole number >= 1")
+positive_float = value_type(float, lambda v: 0 < v < math.inf, "a number > 0")
+# a number strictly between 0 and 1 (a delta, a threshold)
+fraction = value_type(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
 def iso_time(text: str) -> datetime:
