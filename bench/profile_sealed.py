@@ -144,6 +144,11 @@ def main() -> int:
         "--no-tune", action="store_true", help="keep glibc's default allocator settings"
     )
     parser.add_argument("--receipt-version", type=int, default=2)
+    parser.add_argument(
+        "--one-shot",
+        action="store_true",
+        help="seal every request with HPKE (1.0-1.3) instead of in a session (1.4)",
+    )
     args = parser.parse_args()
     if not args.no_tune:
         try:
@@ -183,6 +188,7 @@ def run(enclave: Enclave, tee: SimulatedSnp, args: argparse.Namespace) -> None:
         challenge_issued_at=challenge.issued_at,
     )
     core.attested = attested
+    core.sessions = not args.one_shot
     servicer = InferenceServicer(enclave)
     stages = Stages()
     # Stage timers around the enclave's own steps (module-level names the path calls).
@@ -206,6 +212,10 @@ def run(enclave: Enclave, tee: SimulatedSnp, args: argparse.Namespace) -> None:
         _register(enclave, name, model)
         x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
         message = core.infer_request(name, {"x": x}, None)
+        if core.sessions and core.session is None:  # the SDK's way: open a session first (1.4)
+            opening = core.seal(attested, Method.INFER, message)
+            answer = servicer.Infer(opening.request, ctx)  # type: ignore[arg-type]
+            core.open(attested, opening, answer, inference_pb2.InferResponse())
         raws = [
             core.seal(attested, Method.INFER, message).request.SerializeToString()
             for _ in range(args.requests + 20)

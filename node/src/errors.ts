@@ -141,6 +141,8 @@ export const RemoteReason = {
   KEY_ROTATED: "key-rotated",
   STALE_REQUEST: "stale-request",
   REPLAY: "replay",
+  /** Protocol 1.4: the enclave holds no such session (this client seals one-shot, never sees it). */
+  SESSION_EXPIRED: "session-expired",
   UNDECRYPTABLE: "undecryptable",
   INVALID_INPUT: "invalid-input",
   MALFORMED: "malformed",
@@ -172,6 +174,7 @@ export const CLEAR_MESSAGES: Readonly<Partial<Record<RemoteReason, string>>> = O
   "key-rotated": "sealed to a key the enclave no longer holds: re-attest",
   "stale-request": "request outside the time window",
   replay: "request id was already used",
+  "session-expired": "unknown or expired session: open a new one",
   undecryptable: "sealed message could not be opened",
   "invalid-input": "invalid input",
   malformed: "malformed request",

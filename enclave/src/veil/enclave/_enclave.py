@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from veil.enclave._measurement import measure
 from veil.enclave._onnx import InferenceEngine, validate_onnx
 from veil.enclave._parts import EnclaveParts
 from veil.enclave._replay import MemoryReplayStore, ReplayStore
+from veil.enclave._sessions import SessionTable
 from veil.enclave._spool import UploadBuffer, remove_spool_files
 from veil.enclave._store import ModelStore, parse_ref
 from veil.enclave._telemetry import opening, stage
@@ -72,6 +74,23 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Inputs at least this large have their HMAC (for the audit record) computed on a helper thread
+# while ONNX Runtime runs: both release the GIL, so the hash costs no wall time up to ORT's.
+PARALLEL_HMAC_BYTES = 256 * 1024
+_INPUT_DIGESTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-inputs-hmac")
+
+
+def _data_bytes(tensor: common_pb2.Tensor) -> int:
+    """``len(tensor.data)`` without reading ``data`` (each read copies it out of the message):
+    the tensor's serialized size less its other fields and the data field's tag and length."""
+    rest = tensor.ByteSize() - common_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape).ByteSize()
+    for width in range(1, 11):  # the data length's varint width
+        size = rest - 1 - width
+        if size >= 0 and len(_varint(size)) == width:
+            return size
+    return 0
 
 
 def _serialized_inputs(
@@ -199,6 +218,10 @@ class Enclave:
             tenants=config.tenants,
             clock=clock,
             random=random,
+            sessions=SessionTable(
+                max_sessions=config.limits.max_sessions,
+                idle_seconds=config.limits.session_idle_seconds,
+            ),
         )
         if replica is not None:
             replica.attach(self.gateway)
@@ -590,10 +613,15 @@ class Enclave:
     def infer(self, tenant: str, request: inference_pb2.InferRequest) -> Handled:
         record = self.store.resolve(tenant, request.model)
         limit = self.config.max_message_bytes
-        total = sum(len(t.data) for t in request.inputs.values())
+        total = sum(_data_bytes(t) for t in request.inputs.values())
         if total > limit:
             raise TooLarge(f"inputs are {total} bytes, limit is {limit}")
         inputs = {name: from_proto(t, max_bytes=limit) for name, t in request.inputs.items()}
+        digest: Future[str] | None = None
+        if total >= PARALLEL_HMAC_BYTES:  # hashlib releases the GIL: hash while ORT runs
+            digest = _INPUT_DIGESTS.submit(
+                self.audit.digest_parts, list(_serialized_inputs(request, inputs))
+            )
         outputs = self.engine.run(
             f"{tenant}/{record.ref}",
             lambda: self.store.load(record),
@@ -602,7 +630,10 @@ class Enclave:
             limits=self.config.limits.for_model(tenant, record.name),
             batching=self.config.batching.for_model(tenant, record.name),
         )
-        inputs_hmac = self.audit.digest_parts(_serialized_inputs(request, inputs))
+        if digest is not None:
+            inputs_hmac = digest.result()
+        else:
+            inputs_hmac = self.audit.digest_parts(_serialized_inputs(request, inputs))
         return Handled(
             inference_pb2.InferResponse(
                 model=record.ref, outputs={n: to_proto(a) for n, a in outputs.items()}

@@ -9,21 +9,29 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography.exceptions import InvalidTag
 from google.protobuf.message import DecodeError
 
 from veil.enclave._config import Tenant
 from veil.enclave._errors import AuthError
 from veil.enclave._keys import KeyRing
-from veil.enclave._replay import ReplayStore
+from veil.enclave._replay import ReplayStore, check_fresh
+from veil.enclave._sessions import SessionTable
 from veil.enclave._telemetry import stage
 from veil.sdk.errors import DecryptionError, ProtocolError
 from veil.sdk.evidence import to_ms
 from veil.sdk.protocol import (
+    GCM_TAG_LEN,
     PROTOCOL_VERSION,
     REQUEST_ID_LEN,
     RESPONSE_KEY_LEN,
+    SESSION_ID_LEN,
+    SESSION_SECRET_LEN,
     Suite,
     request_info,
+    session_aad,
+    session_nonce,
+    session_request_digest,
 )
 from veil.sdk.sealing import seal_response
 from veil.v1 import common_pb2
@@ -53,6 +61,7 @@ class OpenedRequest:
     key_id: str = ""
     digest: str | Future[str] = ""  # SHA-256 of the sealed bytes (maybe still being computed)
     receipt_version: int = 1  # the receipt format the client asked for (1 or 2)
+    session_idle_seconds: int = 0  # 1.4: the request opened a session (told to the client)
 
     def __repr__(self) -> str:  # never print keys or payloads
         return f"OpenedRequest(method={self.method!r}, tenant={self.tenant!r})"
@@ -73,12 +82,16 @@ class Gateway:
         tenants: Mapping[str, Tenant],
         clock: Callable[[], datetime],
         random: Callable[[int], bytes] = os.urandom,
+        sessions: SessionTable | None = None,
     ) -> None:
         self._keys = keys
         self._replay = replay
         self._tenants = tenants
         self._clock = clock
         self._random = random
+        if sessions is None:  # an empty table is falsy: no `or`
+            sessions = SessionTable(max_sessions=4096, idle_seconds=600.0)
+        self.sessions = sessions
         # A replica's certificate from its coordinator, sent with each receipt (protocol 1.3).
         self.replica_certificate = b""
 
@@ -94,6 +107,8 @@ class Gateway:
             raise ProtocolError(f"sealing suite {request.suite} is not supported") from exc
         if len(request.request_id) != REQUEST_ID_LEN:
             raise ProtocolError(f"request_id must be {REQUEST_ID_LEN} bytes")
+        if request.session_id:
+            return self._open_in_session(request, method)
         now = self._clock()
         epoch = self._keys.find(request.claims_digest, now)
         info = request_info(
@@ -125,6 +140,19 @@ class Gateway:
         tenant = self._tenants.get(request.tenant)
         if tenant is None or not tenant.accepts(body.api_key):
             raise AuthError(f"invalid API key for tenant {request.tenant!r}")
+        receipt_version = 2 if body.receipt_version >= 2 else 1
+        idle = 0
+        if body.session_secret:
+            if len(body.session_secret) != SESSION_SECRET_LEN:
+                raise ProtocolError(f"session secret must be {SESSION_SECRET_LEN} bytes")
+            self.sessions.open(
+                body.session_secret,
+                tenant=request.tenant,
+                key_id=tenant.key_id,
+                claims_digest=request.claims_digest,
+                receipt_version=receipt_version,
+            )
+            idle = self.sessions.idle_seconds
         return OpenedRequest(
             method=method,
             tenant=request.tenant,
@@ -133,7 +161,53 @@ class Gateway:
             payload=body.payload,
             key_id=tenant.key_id,
             digest=digest,
-            receipt_version=2 if body.receipt_version >= 2 else 1,
+            receipt_version=receipt_version,
+            session_idle_seconds=idle,
+        )
+
+    def _open_in_session(self, request: common_pb2.SealedRequest, method: str) -> OpenedRequest:
+        """A request sealed in a session (protocol 1.4): AES-GCM under the session's key."""
+        session_id = request.session_id
+        if len(session_id) != SESSION_ID_LEN:
+            raise ProtocolError(f"session_id must be {SESSION_ID_LEN} bytes")
+        now = self._clock()
+        # The attestation the session was opened under must still be the enclave's.
+        self._keys.find(request.claims_digest, now)
+        seq = request.seq
+        session = self.sessions.find(
+            session_id, tenant=request.tenant, claims_digest=request.claims_digest, seq=seq
+        )
+        check_fresh(request.timestamp_ms, to_ms(now), self._replay.window_ms)
+        aad = session_aad(
+            method=method,
+            tenant=request.tenant,
+            request_id=request.request_id,
+            timestamp_ms=request.timestamp_ms,
+            claims_digest=request.claims_digest,
+            session_id=session_id,
+            seq=seq,
+        )
+        sealed = request.sealed  # each read of a bytes field copies it: read once
+        try:
+            payload = session.request_aead.decrypt(
+                session_nonce(session.keys.request_iv, seq), sealed, aad
+            )
+        except (InvalidTag, ValueError) as exc:  # one opaque error, as for one-shot requests
+            raise DecryptionError("sealed request could not be opened") from exc
+        session.accept(seq)
+        tenant = self._tenants.get(request.tenant)
+        if tenant is None or tenant.key_id != session.key_id:
+            self.sessions.drop(session_id)
+            raise AuthError(f"invalid API key for tenant {request.tenant!r}")
+        return OpenedRequest(
+            method=method,
+            tenant=request.tenant,
+            request_id=bytes(request.request_id),
+            response_key=session.keys.response_key,
+            payload=payload,
+            key_id=session.key_id,
+            digest=session_request_digest(session_id, seq, sealed[-GCM_TAG_LEN:]),
+            receipt_version=session.receipt_version,
         )
 
     @stage("seal")
@@ -156,4 +230,5 @@ class Gateway:
             final=final,
             random=self._random,
             replica=self.replica_certificate if receipt else b"",
+            session_idle_seconds=opened.session_idle_seconds,
         )

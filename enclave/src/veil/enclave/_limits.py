@@ -59,6 +59,9 @@ class Limits:
     max_concurrent_rpcs: int = 128
     stream_idle_seconds: float = 30.0
     keepalive_seconds: float = 60.0
+    # Sealing sessions (protocol 1.4) held per process; the least recently used go first.
+    max_sessions: int = 4096
+    session_idle_seconds: float = 600.0
     upload_memory_bytes: int = 64 * MiB  # per upload; beyond it chunks spill to disk, sealed
     # Disk: bytes kept free for the audit log; uploads that would eat into them are refused.
     audit_headroom_bytes: int = 64 * MiB

@@ -34,6 +34,7 @@ from veil.enclave._errors import (
 from veil.enclave._gateway import OpenedRequest
 from veil.enclave._keys import UnknownKeyError
 from veil.enclave._replay import ReplayError, StaleRequestError
+from veil.enclave._sessions import UnknownSessionError
 from veil.sdk.errors import (
     AttestationError,
     AuditLogError,
@@ -66,6 +67,7 @@ _CLEAR_SAFE: tuple[type[BaseException], ...] = (
     ReplayError,
     StaleRequestError,
     UnknownKeyError,
+    UnknownSessionError,
 )
 
 
@@ -96,6 +98,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, RemoteReason], ...] = 
     (UnknownKeyError, grpc.StatusCode.FAILED_PRECONDITION, RemoteReason.KEY_ROTATED),
     (StaleRequestError, grpc.StatusCode.FAILED_PRECONDITION, RemoteReason.STALE_REQUEST),
     (ReplayError, grpc.StatusCode.ALREADY_EXISTS, RemoteReason.REPLAY),
+    (UnknownSessionError, grpc.StatusCode.FAILED_PRECONDITION, RemoteReason.SESSION_EXPIRED),
     (DecryptionError, grpc.StatusCode.INVALID_ARGUMENT, RemoteReason.UNDECRYPTABLE),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, RemoteReason.INVALID_INPUT),
     (WatermarkError, grpc.StatusCode.INVALID_ARGUMENT, RemoteReason.INVALID_INPUT),

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14veil/v1/common.proto\x12\x07veil.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x90\x01\n\rSealedRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05suite\x18\x02 \x01(\r\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x15\n\rclaims_digest\x18\x06 \x01(\x0c\x12\x0e\n\x06sealed\x18\x07 \x01(\x0c\"c\n\x0eSealedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\"d\n\x0cResponseBody\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07receipt\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.veil.v1.ErrorBody\x12\x0f\n\x07replica\x18\x04 \x01(\x0c\":\n\tErrorBody\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"^\n\x0bRequestBody\x12\x14\n\x0cresponse_key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x17\n\x0freceipt_version\x18\x04 \x01(\r*\x8b\x01\n\x0cSealingSuite\x12\x1d\n\x19SEALING_SUITE_UNSPECIFIED\x10\x00\x12)\n%SEALING_SUITE_X25519_SHA256_AES256GCM\x10\x01\x12\x31\n-SEALING_SUITE_MLKEM768X25519_SHA256_AES256GCM\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14veil/v1/common.proto\x12\x07veil.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb1\x01\n\rSealedRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05suite\x18\x02 \x01(\r\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x15\n\rclaims_digest\x18\x06 \x01(\x0c\x12\x0e\n\x06sealed\x18\x07 \x01(\x0c\x12\x12\n\nsession_id\x18\x08 \x01(\x0c\x12\x0b\n\x03seq\x18\t \x01(\x04\"c\n\x0eSealedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\"\x82\x01\n\x0cResponseBody\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07receipt\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.veil.v1.ErrorBody\x12\x0f\n\x07replica\x18\x04 \x01(\x0c\x12\x1c\n\x14session_idle_seconds\x18\x05 \x01(\r\":\n\tErrorBody\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"v\n\x0bRequestBody\x12\x14\n\x0cresponse_key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x17\n\x0freceipt_version\x18\x04 \x01(\r\x12\x16\n\x0esession_secret\x18\x05 \x01(\x0c*\x8b\x01\n\x0cSealingSuite\x12\x1d\n\x19SEALING_SUITE_UNSPECIFIED\x10\x00\x12)\n%SEALING_SUITE_X25519_SHA256_AES256GCM\x10\x01\x12\x31\n-SEALING_SUITE_MLKEM768X25519_SHA256_AES256GCM\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'veil.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEALINGSUITE']._serialized_start=594
-  _globals['_SEALINGSUITE']._serialized_end=733
+  _globals['_SEALINGSUITE']._serialized_start=682
+  _globals['_SEALINGSUITE']._serialized_end=821
   _globals['_TENSOR']._serialized_start=33
   _globals['_TENSOR']._serialized_end=85
   _globals['_SEALEDREQUEST']._serialized_start=88
-  _globals['_SEALEDREQUEST']._serialized_end=232
-  _globals['_SEALEDRESPONSE']._serialized_start=234
-  _globals['_SEALEDRESPONSE']._serialized_end=333
-  _globals['_RESPONSEBODY']._serialized_start=335
-  _globals['_RESPONSEBODY']._serialized_end=435
-  _globals['_ERRORBODY']._serialized_start=437
-  _globals['_ERRORBODY']._serialized_end=495
-  _globals['_REQUESTBODY']._serialized_start=497
-  _globals['_REQUESTBODY']._serialized_end=591
+  _globals['_SEALEDREQUEST']._serialized_end=265
+  _globals['_SEALEDRESPONSE']._serialized_start=267
+  _globals['_SEALEDRESPONSE']._serialized_end=366
+  _globals['_RESPONSEBODY']._serialized_start=369
+  _globals['_RESPONSEBODY']._serialized_end=499
+  _globals['_ERRORBODY']._serialized_start=501
+  _globals['_ERRORBODY']._serialized_end=559
+  _globals['_REQUESTBODY']._serialized_start=561
+  _globals['_REQUESTBODY']._serialized_end=679
 # @@protoc_insertion_point(module_scope)

@@ -155,6 +155,7 @@ class _Base(abc.ABC):
         max_message_bytes: int = 65 * 1024 * 1024,
         clock: Callable[[], datetime] = _utcnow,
         random: Callable[[int], bytes] = os.urandom,
+        sessions: bool = True,
     ) -> None:
         if not target:
             raise ConfigError("target (host:port) is required", reason=ConfigFailure.MISSING_VALUE)
@@ -169,6 +170,7 @@ class _Base(abc.ABC):
             clock=clock,
             random=random,
             chunk_size=chunk_size,
+            sessions=sessions,
         )
         self._ops = Operations(self._core, timeout=timeout, progress=progress)
         self._connect()

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError, Message
 
 from veil.sdk._models import ModelInfo
+from veil.sdk._session import ClientSession
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.audit._receipt import Receipt, verify_receipt
 from veil.sdk.errors import (
@@ -32,7 +33,14 @@ from veil.sdk.errors import (
     RemoteError,
 )
 from veil.sdk.evidence import AttestedEnclave, Evidence, to_ms, verify_enclave
-from veil.sdk.protocol import MODEL_KEY_LEN, NONCE_LEN, Method, Suite
+from veil.sdk.protocol import (
+    MODEL_KEY_LEN,
+    NONCE_LEN,
+    SESSION_SECRET_LEN,
+    Method,
+    Suite,
+    session_keys,
+)
 from veil.sdk.replicas import ReplicaIdentity, verify_replica_certificate
 from veil.sdk.sealing import (
     RECEIPT_VERSION,
@@ -45,6 +53,7 @@ from veil.sdk.sealing import (
     open_response,
     request_digest,
     seal_request,
+    seal_session_request,
 )
 from veil.sdk.tensors import from_proto, to_proto
 from veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
@@ -130,7 +139,10 @@ class ClientCore:
     random: Callable[[int], bytes] = os.urandom
     chunk_size: int = DEFAULT_CHUNK
     receipt_version: int = RECEIPT_VERSION  # 1: ask for per-call signed receipts (1.0/1.1)
+    # Protocol 1.4: seal calls in a session (one HPKE step per session, not per call).
+    sessions: bool = True
     attested: AttestedEnclave | None = field(default=None, init=False)
+    session: ClientSession | None = field(default=None, init=False)
     receipts: deque[tuple[Receipt, str]] = field(
         default_factory=lambda: deque(maxlen=MAX_RECEIPTS), init=False
     )
@@ -171,20 +183,43 @@ class ClientCore:
 
     def invalidate(self) -> None:
         self.attested = None
+        self.session = None
+
+    def drop_session(self) -> None:
+        """Forget the session (the enclave no longer holds it): the next call opens one."""
+        self.session = None
 
     # -- sealing --------------------------------------------------------------------------
 
     def seal(self, enclave: AttestedEnclave, method: Method, message: Message) -> SealedCall:
+        """Seal a call: in the open session if there is one, else with HPKE (asking for one)."""
+        now = self.clock()
+        session = self.session
+        if session is not None:
+            seq = session.take(enclave.claims_digest, now.timestamp())
+            if seq is not None:
+                return seal_session_request(
+                    session.keys,
+                    seq,
+                    method=method.value,
+                    tenant=self.tenant,
+                    payload=message.SerializeToString(),
+                    timestamp_ms=to_ms(now),
+                    claims_digest=enclave.claims_digest,
+                    random=self.random,
+                )
+            self.session = None
         return seal_request(
             enclave,
             method=method.value,
             tenant=self.tenant,
             api_key=self.api_key,
             payload=message.SerializeToString(),
-            timestamp_ms=to_ms(self.clock()),
+            timestamp_ms=to_ms(now),
             suite=self.suite,
             random=self.random,
             receipt_version=self.receipt_version,
+            session_secret=self.random(SESSION_SECRET_LEN) if self.sessions else b"",
         )
 
     def open(
@@ -221,13 +256,23 @@ class ClientCore:
                 opened.receipt,
                 log_key,
                 tenant=self.tenant,
-                request_digest=request_digest(call.request),
+                request_digest=call.digest or request_digest(call.request),
                 response_digest=hashlib.sha256(opened.payload).hexdigest(),
             )
             self.receipts.append((receipt, opened.receipt))
             if identity is not None:
                 self.answered_by.append(identity)
-        return self._parse(opened.payload, message)
+        parsed = self._parse(opened.payload, message)
+        if call.session_secret and opened.session_idle_seconds > 0:
+            self.session = ClientSession(
+                keys=session_keys(
+                    call.session_secret, tenant=self.tenant, claims_digest=enclave.claims_digest
+                ),
+                claims_digest=enclave.claims_digest,
+                idle_seconds=float(opened.session_idle_seconds),
+                last_used=self.clock().timestamp(),
+            )
+        return parsed
 
     def answering(self, enclave: AttestedEnclave) -> AttestedEnclave:
         """``enclave`` as the replica that sent the last response: in a replicated deployment

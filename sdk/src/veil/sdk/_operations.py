@@ -259,12 +259,21 @@ class Operations:
         return self.core.accept(challenge, evidence)
 
     def sealed(self, run: Callable[[AttestedEnclave], Op[T]]) -> Op[T]:
-        """Run ``run`` with a verified enclave; on ``key-rotated``, re-attest and retry once."""
+        """Run ``run`` with a verified enclave; on ``key-rotated``, re-attest and retry once; on
+        ``session-expired`` (nothing was processed: the enclave no longer holds the session —
+        restarted, another worker or replica, idle too long), retry once opening a new one."""
         enclave = yield from self.attest()
         try:
             return (yield from run(enclave))
         except RemoteError as exc:
-            if exc.reason is not RemoteReason.KEY_ROTATED:
+            if exc.reason is RemoteReason.SESSION_EXPIRED:
+                self.core.drop_session()
+                try:
+                    return (yield from run(enclave))
+                except RemoteError as again:
+                    if again.reason is not RemoteReason.KEY_ROTATED:
+                        raise
+            elif exc.reason is not RemoteReason.KEY_ROTATED:
                 raise
         self.core.invalidate()
         enclave = yield from self.attest(force=True)

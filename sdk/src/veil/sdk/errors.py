@@ -208,6 +208,7 @@ class RemoteReason(enum.StrEnum):
     KEY_ROTATED = "key-rotated"
     STALE_REQUEST = "stale-request"
     REPLAY = "replay"
+    SESSION_EXPIRED = "session-expired"  # 1.4: the enclave holds no such session: open a new one
     UNDECRYPTABLE = "undecryptable"
     INVALID_INPUT = "invalid-input"
     MALFORMED = "malformed"

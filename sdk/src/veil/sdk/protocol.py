@@ -8,17 +8,24 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
+from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from veil.sdk.errors import ProtocolError
 
 __all__ = [
+    "GCM_TAG_LEN",
+    "MAX_SESSION_SEQ",
     "PROTOCOL_VERSION",
     "REQUEST_ID_LEN",
     "RESPONSE_KEY_LEN",
+    "SESSION_ID_LEN",
+    "SESSION_SECRET_LEN",
     "Method",
+    "SessionKeys",
     "Suite",
     "chunk_aad",
     "chunk_nonce",
@@ -28,6 +35,10 @@ __all__ = [
     "report_data_for",
     "request_info",
     "response_aad",
+    "session_aad",
+    "session_keys",
+    "session_nonce",
+    "session_request_digest",
 ]
 
 PROTOCOL_VERSION = 1
@@ -41,6 +52,17 @@ X25519_PUBLIC_LEN = 32
 LABEL_REQUEST = b"veil/v1/request"
 LABEL_RESPONSE = b"veil/v1/response"
 LABEL_CHUNK = b"veil/v1/chunk"
+LABEL_SESSION = b"veil/v1/session"
+LABEL_SESSION_REQUEST = b"veil/v1/session-request"
+LABEL_SESSION_DIGEST = b"veil/v1/session-request-digest"
+
+# Sessions (protocol 1.4): a 32-byte secret sealed once with HPKE keys every later request.
+SESSION_SECRET_LEN = 32
+SESSION_ID_LEN = 16
+GCM_TAG_LEN = 16
+# Requests per session: their nonces come from the sequence number (never reused), the
+# responses' nonces are random, so a session stays within 2^32 messages per key.
+MAX_SESSION_SEQ = 2**32 - 1
 
 
 class Suite(enum.IntEnum):
@@ -153,3 +175,78 @@ def decode_public_key(suite: Suite, raw: bytes) -> PublicKey:
         )
     except ValueError as exc:
         raise ProtocolError(f"malformed {suite.name} public key: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """What both ends derive from a session secret (protocol 1.4, docs/PROTOCOL.md 4.5)."""
+
+    session_id: bytes  # 16 bytes, sent in clear with each request of the session
+    request_key: bytes  # AES-256-GCM, client to enclave; nonce = request_iv XOR seq
+    request_iv: bytes  # 12 bytes
+    response_key: bytes  # AES-256-GCM, enclave to client; random nonces, as one-shot responses
+
+    def __repr__(self) -> str:  # never print keys
+        return f"SessionKeys(session_id={self.session_id.hex()})"
+
+
+def session_keys(secret: bytes, *, tenant: str, claims_digest: bytes) -> SessionKeys:
+    """HKDF-SHA256(salt = claims digest, info = label ‖ tenant) of the session secret.
+
+    The secret reaches the enclave only inside an HPKE-sealed request to the attested key, so
+    only the client and that enclave can derive these; binding the claims digest and tenant
+    makes a session useless under any other attestation or tenant.
+    """
+    if len(secret) != SESSION_SECRET_LEN:
+        raise ProtocolError(f"session secret must be {SESSION_SECRET_LEN} bytes")
+    okm = HKDF(
+        algorithm=hashes.SHA256(),
+        length=SESSION_ID_LEN + 32 + 12 + 32,
+        salt=claims_digest,
+        info=_lp(LABEL_SESSION) + _lp(tenant.encode()),
+    ).derive(secret)
+    return SessionKeys(
+        session_id=okm[:16], request_key=okm[16:48], request_iv=okm[48:60], response_key=okm[60:]
+    )
+
+
+def session_nonce(iv: bytes, seq: int) -> bytes:
+    """A session request's AES-GCM nonce: the request IV XOR the 96-bit big-endian ``seq``."""
+    return (int.from_bytes(iv, "big") ^ seq).to_bytes(12, "big")
+
+
+def session_aad(
+    *,
+    method: str,
+    tenant: str,
+    request_id: bytes,
+    timestamp_ms: int,
+    claims_digest: bytes,
+    session_id: bytes,
+    seq: int,
+) -> bytes:
+    """AES-GCM AAD of a session request: every clear field of the envelope, as ``request_info``."""
+    return b"".join(
+        (
+            _lp(LABEL_SESSION_REQUEST),
+            _lp(method.encode()),
+            _lp(tenant.encode()),
+            _lp(request_id),
+            _lp(struct.pack(">q", timestamp_ms)),
+            _lp(claims_digest),
+            _lp(session_id),
+            struct.pack(">Q", seq),
+        )
+    )
+
+
+def session_request_digest(session_id: bytes, seq: int, tag: bytes) -> str:
+    """How receipts name a session request: SHA-256(label ‖ session id ‖ seq ‖ GCM tag), hex.
+
+    The enclave accepts each (session, seq) once, so this names exactly one processed request
+    without hashing its payload again; what the request carried is committed by the record's
+    own digests (docs/PROTOCOL.md 4.5 says why the tag alone would not do).
+    """
+    return hashlib.sha256(
+        _lp(LABEL_SESSION_DIGEST) + _lp(session_id) + struct.pack(">Q", seq) + _lp(tag)
+    ).hexdigest()

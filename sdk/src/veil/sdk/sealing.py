@@ -24,15 +24,20 @@ from google.protobuf.message import DecodeError
 from veil.sdk.errors import DecryptionError, ProtocolError, RemoteReason
 from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.protocol import (
+    GCM_TAG_LEN,
     MODEL_KEY_LEN,
     PROTOCOL_VERSION,
     REQUEST_ID_LEN,
     RESPONSE_KEY_LEN,
+    SessionKeys,
     Suite,
     chunk_aad,
     chunk_nonce,
     request_info,
     response_aad,
+    session_aad,
+    session_nonce,
+    session_request_digest,
 )
 from veil.v1 import common_pb2
 
@@ -53,6 +58,7 @@ __all__ = [
     "seal_error",
     "seal_request",
     "seal_response",
+    "seal_session_request",
 ]
 
 Random = Callable[[int], bytes]
@@ -76,6 +82,7 @@ CLEAR_MESSAGES: Mapping[RemoteReason, str] = MappingProxyType(
         RemoteReason.KEY_ROTATED: "sealed to a key the enclave no longer holds: re-attest",
         RemoteReason.STALE_REQUEST: "request outside the time window",
         RemoteReason.REPLAY: "request id was already used",
+        RemoteReason.SESSION_EXPIRED: "unknown or expired session: open a new one",
         RemoteReason.UNDECRYPTABLE: "sealed message could not be opened",
         RemoteReason.INVALID_INPUT: "invalid input",
         RemoteReason.MALFORMED: "malformed request",
@@ -94,6 +101,10 @@ class SealedCall:
     method: str
     request_id: bytes
     response_key: bytes
+    # What the call's receipt must name as the request (``request_digest``), computed when sealed.
+    digest: str = ""
+    # The session secret this one-shot request asked the enclave to open a session with (1.4).
+    session_secret: bytes = b""
 
 
 def seal_request(
@@ -107,11 +118,13 @@ def seal_request(
     suite: Suite = Suite.X25519_SHA256_AES256GCM,
     random: Random = os.urandom,
     receipt_version: int = RECEIPT_VERSION,
+    session_secret: bytes = b"",
 ) -> SealedCall:
     """Seal ``payload`` (a serialized request message) and the API key to the enclave.
 
     ``receipt_version`` tells the enclave which receipt format this client verifies (2: batched
     receipts, protocol 1.2; 1: one signature per call, what 1.0/1.1 clients get).
+    ``session_secret`` (32 random bytes) also asks it to open a session (protocol 1.4).
     """
     request_id = random(REQUEST_ID_LEN)
     response_key = random(RESPONSE_KEY_LEN)
@@ -120,6 +133,7 @@ def seal_request(
         api_key=api_key,
         payload=payload,
         receipt_version=receipt_version if receipt_version >= 2 else 0,
+        session_secret=session_secret,
     )
     info = request_info(
         method=method,
@@ -139,7 +153,59 @@ def seal_request(
         sealed=sealed,
     )
     return SealedCall(
-        request=request, method=method, request_id=request_id, response_key=response_key
+        request=request,
+        method=method,
+        request_id=request_id,
+        response_key=response_key,
+        digest=hashlib.sha256(sealed).hexdigest(),
+        session_secret=session_secret,
+    )
+
+
+def seal_session_request(
+    keys: SessionKeys,
+    seq: int,
+    *,
+    method: str,
+    tenant: str,
+    payload: bytes,
+    timestamp_ms: int,
+    claims_digest: bytes,
+    random: Random = os.urandom,
+) -> SealedCall:
+    """Seal ``payload`` in an open session (protocol 1.4): AES-256-GCM only, no HPKE step.
+
+    ``seq`` must be new in the session (1, 2, 3, ...): it is the nonce and the replay number.
+    The API key and receipt format were given when the session opened.
+    """
+    request_id = random(REQUEST_ID_LEN)
+    aad = session_aad(
+        method=method,
+        tenant=tenant,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        claims_digest=claims_digest,
+        session_id=keys.session_id,
+        seq=seq,
+    )
+    sealed = AESGCM(keys.request_key).encrypt(session_nonce(keys.request_iv, seq), payload, aad)
+    request = common_pb2.SealedRequest(
+        version=PROTOCOL_VERSION,
+        suite=int(Suite.X25519_SHA256_AES256GCM),
+        tenant=tenant,
+        request_id=request_id,
+        timestamp_ms=timestamp_ms,
+        claims_digest=claims_digest,
+        sealed=sealed,
+        session_id=keys.session_id,
+        seq=seq,
+    )
+    return SealedCall(
+        request=request,
+        method=method,
+        request_id=request_id,
+        response_key=keys.response_key,
+        digest=session_request_digest(keys.session_id, seq, sealed[-GCM_TAG_LEN:]),
     )
 
 
@@ -151,6 +217,7 @@ class OpenedResponse:
     receipt: str
     final: bool = True
     replica: bytes = b""  # replicated deployments: the answering replica's certificate (1.3)
+    session_idle_seconds: int = 0  # 1.4: the session the request asked for is open (0: none)
 
 
 def seal_response(
@@ -164,13 +231,20 @@ def seal_response(
     final: bool = True,
     random: Random = os.urandom,
     replica: bytes = b"",
+    session_idle_seconds: int = 0,
 ) -> common_pb2.SealedResponse:
     """Seal a serialized response message (and its receipt) under the client's response key.
 
     Streams seal message ``seq`` (0, 1, …) with ``final`` set on the last one only. A replica
     of a replicated deployment sends its certificate (``replica``) with each receipt.
+    ``session_idle_seconds`` > 0 tells the client the session it asked for is open (1.4).
     """
-    body = common_pb2.ResponseBody(payload=payload, receipt=receipt, replica=replica)
+    body = common_pb2.ResponseBody(
+        payload=payload,
+        receipt=receipt,
+        replica=replica,
+        session_idle_seconds=session_idle_seconds,
+    )
     return _seal_body(response_key, method, request_id, body, seq, final, random)
 
 
@@ -261,6 +335,7 @@ def open_response(
         receipt=body.receipt,
         final=response.final,
         replica=bytes(body.replica),
+        session_idle_seconds=body.session_idle_seconds,
     )
 
 
@@ -308,5 +383,9 @@ def decrypt_chunk(
 
 
 def request_digest(request: common_pb2.SealedRequest) -> str:
-    """What a receipt names as the request: SHA-256 of the sealed bytes (enc ‖ ciphertext)."""
-    return hashlib.sha256(request.sealed).hexdigest()
+    """What a receipt names as the request: SHA-256 of the sealed bytes (enc ‖ ciphertext);
+    in a session (1.4), ``session_request_digest`` of its id, sequence number and GCM tag."""
+    sealed = request.sealed
+    if request.session_id:
+        return session_request_digest(request.session_id, request.seq, sealed[-GCM_TAG_LEN:])
+    return hashlib.sha256(sealed).hexdigest()

@@ -1,0 +1,65 @@
+"""The sealed path's shortcuts (issue 12) give exactly the values the slow way gives.
+
+- Large inputs have their record HMAC computed on a helper thread while ONNX Runtime runs: the
+  record must hold the same ``inputs_hmac`` as hashing the serialized input tensors in name order.
+- The inputs' size is checked without reading (copying) their data: ``_data_bytes`` must equal
+  ``len(tensor.data)`` for every length, at every varint width.
+- A call sealed in a session (1.4) is recorded under the digest its receipt names.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from enclave_support import Served, mlp_model
+
+from veil.enclave._enclave import PARALLEL_HMAC_BYTES, _data_bytes
+from veil.sdk.audit import AuditRecord, EventType
+from veil.sdk.tensors import to_proto
+from veil.v1 import common_pb2
+
+warnings.filterwarnings("ignore", message="trusting a test root")
+
+
+def _inference_records(served: Served) -> list[AuditRecord]:
+    path = served.data_dir / "audit" / "default" / "entries.jsonl"
+    records = [AuditRecord.from_line(line) for line in path.read_bytes().splitlines()]
+    return [r for r in records if r.event is EventType.INFERENCE]
+
+
+@pytest.mark.parametrize("rows", [2, PARALLEL_HMAC_BYTES // 16 + 1])  # below / above the bar
+def test_record_inputs_hmac_is_the_hmac_of_the_serialized_inputs(served: Served, rows: int) -> None:
+    x = np.random.default_rng(rows).normal(size=(rows, 4)).astype(np.float32)
+    with served.client() as client:
+        client.upload_model(mlp_model(), "m")
+        client.infer("m", {"x": x})
+        receipt = client.receipts[-1]
+    (record,) = _inference_records(served)
+    expected = served.enclave.audit.digest(to_proto(x).SerializeToString())
+    assert record.details["inputs_hmac"] == expected
+    assert record.details["request_sha256"] == receipt.request_digest
+
+
+def test_session_calls_are_recorded_under_the_digest_their_receipts_name(served: Served) -> None:
+    x = np.ones((3, 4), np.float32)
+    with served.client() as client:
+        client.upload_model(mlp_model(), "m")
+        for _ in range(3):
+            client.infer("m", {"x": x})
+        assert client._core.session is not None  # the 2nd and 3rd went in the session
+        digests = [r.request_digest for r in client.receipts[-3:]]
+    recorded = [r.details["request_sha256"] for r in _inference_records(served)]
+    assert recorded == digests and len(set(digests)) == 3
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 2, 126, 127, 128, 129, 16_382, 16_383, 16_384, 16_385, 2_097_151, 2_097_152]
+)
+def test_data_bytes_is_the_data_length_without_reading_it(size: int) -> None:
+    for shape in ([size], [1, size], [7, 3, size]):
+        tensor = common_pb2.Tensor(dtype="uint8", shape=shape, data=b"\x01" * size)
+        assert _data_bytes(tensor) == len(tensor.data) == size
+    # a declared shape that disagrees with the data does not change what is counted
+    assert _data_bytes(common_pb2.Tensor(dtype="float32", shape=[10**12], data=b"ab")) == 2
