@@ -18,6 +18,13 @@ when this script's output drifts from the committed files.
   must reach the same verdict on each.
 - ``receipts_v2.json``: a batch of v2 receipts (protocol 1.2) under the suite-1 log key, and
   tampered copies, each with the verdict of ``veil.sdk.audit.verify_receipt``.
+- ``sessions.json``: a sealing session (protocol 1.4) under the suite-1 claims and tenant: the
+  session secret and what both ends derive from it (HKDF-SHA256), the opening ``RequestBody`` and
+  ``ResponseBody``, then one ``Infer`` request sealed in the session at numbers 1, 2 and 2^32 - 1
+  (nonce, AAD, AES-256-GCM ``sealed``, the ``SealedRequest``, the receipt's session request
+  digest) and a response under the session's response key with its signed receipt. Every byte
+  is computed here from the primitives (HKDF, AES-GCM, SHA-256), not with the SDK's functions,
+  so the test holds the SDK to the document's layouts.
 - ``replicas.json``: a replicated deployment (protocol 1.3): the shared claims naming the
   coordinator key and the manifest, a coordinator's ``ReplicaCertificate`` for a replica, a v2
   receipt under the certified replica log key, and mutations of the certificate, each with the
@@ -52,7 +59,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from veil.enclave.tee._simulated import SimulatedSnp
 from veil.sdk import AttestationError, AttestationPolicy, SnpCertChain, VeilError, verify_snp_report
@@ -61,6 +68,7 @@ from veil.sdk.attestation.snp_report import TcbVersion
 from veil.sdk.audit import Receipt, Verifier, batch_receipts, hash_leaf, key_hash, verify_receipt
 from veil.sdk.evidence import Evidence, to_ms, verify_enclave
 from veil.sdk.protocol import (
+    MAX_SESSION_SEQ,
     Method,
     chunk_aad,
     chunk_nonce,
@@ -416,6 +424,168 @@ def suite2(previous: dict[str, Any] | None) -> dict[str, Any]:
             "request_body": body.hex(),
             "enc_length": 1120,
             "sealed": sealed.hex(),
+        },
+    }
+
+
+# -- sessions (protocol 1.4): keys, requests at three numbers, a response ------------------------
+
+
+def _lp(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+SESSION_SEQS = (1, 2, MAX_SESSION_SEQ)
+
+
+def sessions() -> dict[str, Any]:
+    enclave_pk = derive_x25519(fixed("enclave-x25519-ikm", 32)).public_key().public_bytes_raw()
+    log_key = ed25519.Ed25519PrivateKey.from_private_bytes(fixed("audit-log-ed25519", 32))
+    log_public = log_key.public_key().public_bytes_raw()
+    claims = _claims([(1, enclave_pk)], log_public)  # suite1.json's claims
+    digest = claims_digest(claims)
+    api_key = "veil_vector-api-key"
+
+    # Opening: an ordinary one-shot request whose RequestBody also carries the secret.
+    secret = fixed("session-secret", 32)
+    open_body = common_pb2.RequestBody(
+        response_key=fixed("session-open-response-key", 32),
+        api_key=api_key,
+        payload=models_pb2.ListModelsRequest().SerializeToString(),
+        receipt_version=2,
+        session_secret=secret,
+    )
+    open_response = common_pb2.ResponseBody(
+        payload=models_pb2.ListModelsResponse().SerializeToString(), session_idle_seconds=600
+    )
+    hkdf_info = _lp(b"veil/v1/session") + _lp(TENANT.encode())
+    okm = HKDF(algorithm=hashes.SHA256(), length=92, salt=digest, info=hkdf_info).derive(secret)
+    session_id, request_key, request_iv, response_key = okm[:16], okm[16:48], okm[48:60], okm[60:]
+
+    method = Method.INFER.value
+    request_id = fixed("session-request-id", 16)
+    timestamp_ms = 1_768_478_460_000  # 2026-01-15T12:01:00Z
+    payload = inference_pb2.InferRequest(
+        model="credit@1",
+        inputs={
+            "x": common_pb2.Tensor(
+                dtype="float32", shape=[1, 2], data=struct.pack("<2f", 0.5, -1.25)
+            )
+        },
+    ).SerializeToString()
+    requests: list[dict[str, Any]] = []
+    for seq in SESSION_SEQS:
+        nonce = (int.from_bytes(request_iv, "big") ^ seq).to_bytes(12, "big")
+        aad = b"".join(
+            (
+                _lp(b"veil/v1/session-request"),
+                _lp(method.encode()),
+                _lp(TENANT.encode()),
+                _lp(request_id),
+                _lp(struct.pack(">q", timestamp_ms)),
+                _lp(digest),
+                _lp(session_id),
+                struct.pack(">Q", seq),
+            )
+        )
+        sealed = AESGCM(request_key).encrypt(nonce, payload, aad)
+        tag = sealed[-16:]
+        request = common_pb2.SealedRequest(
+            version=1,
+            suite=1,
+            tenant=TENANT,
+            request_id=request_id,
+            timestamp_ms=timestamp_ms,
+            claims_digest=digest,
+            sealed=sealed,
+            session_id=session_id,
+            seq=seq,
+        )
+        request_digest = hashlib.sha256(
+            _lp(b"veil/v1/session-request-digest")
+            + _lp(session_id)
+            + struct.pack(">Q", seq)
+            + _lp(tag)
+        ).hexdigest()
+        requests.append(
+            {
+                "seq": seq,
+                "nonce": nonce.hex(),
+                "aad": aad.hex(),
+                "sealed": sealed.hex(),
+                "tag": tag.hex(),
+                "sealed_request": request.SerializeToString().hex(),
+                "request_digest": request_digest,
+            }
+        )
+
+    # The answer to the request at number 1: section 5 under the session's response key.
+    model_bytes = fixed("model-file", 40)
+    response_payload = inference_pb2.InferResponse(
+        model="credit@1",
+        outputs={
+            "probs": common_pb2.Tensor(
+                dtype="float32", shape=[1, 2], data=struct.pack("<2f", 0.75, 0.25)
+            )
+        },
+    ).SerializeToString()
+    receipt = Receipt(
+        log=f"{LOG_NAME}/{TENANT}",
+        tenant=TENANT,
+        leaf_index=42,
+        leaf_hash=hash_leaf(b'{"event":"inference","session":true}'),
+        time="2026-01-15T12:01:00.125000Z",
+        request_digest=requests[0]["request_digest"],
+        response_digest=hashlib.sha256(response_payload).hexdigest(),
+        model_digest=hashlib.sha256(model_bytes).hexdigest(),
+    )
+    receipt_note = sign_note(receipt.body(), LOG_NAME, log_key)
+    response_body = common_pb2.ResponseBody(payload=response_payload, receipt=receipt_note)
+    response_nonce = fixed("session-response-nonce", 12)
+    response_aad_bytes = response_aad(method=method, request_id=request_id, seq=0, final=True)
+    ciphertext = AESGCM(response_key).encrypt(
+        response_nonce, response_body.SerializeToString(), response_aad_bytes
+    )
+    sealed_response = common_pb2.SealedResponse(
+        request_id=request_id, nonce=response_nonce, ciphertext=ciphertext, seq=0, final=True
+    )
+    return {
+        "description": (
+            "docs/PROTOCOL.md 4.5 (protocol 1.4): a sealing session under suite1.json's claims "
+            "and tenant; an Infer request sealed in it at numbers 1, 2 and 2^32 - 1 (one fixed "
+            "request_id and timestamp), and the answer to number 1 under the session's response key"
+        ),
+        "tenant": TENANT,
+        "claims_digest": digest.hex(),
+        "audit_log_vkey": vkey(LOG_NAME, log_public),
+        "opening": {
+            "request_body": open_body.SerializeToString().hex(),
+            "response_body": open_response.SerializeToString().hex(),
+            "session_idle_seconds": 600,
+        },
+        "session_secret": secret.hex(),
+        "hkdf_info": hkdf_info.hex(),
+        "okm": okm.hex(),
+        "session_id": session_id.hex(),
+        "request_key": request_key.hex(),
+        "request_iv": request_iv.hex(),
+        "response_key": response_key.hex(),
+        "method": method,
+        "request_id": request_id.hex(),
+        "timestamp_ms": timestamp_ms,
+        "payload": payload.hex(),
+        "requests": requests,
+        "response": {
+            "seq": SESSION_SEQS[0],
+            "payload": response_payload.hex(),
+            "receipt": receipt_note,
+            "response_digest": hashlib.sha256(response_payload).hexdigest(),
+            "model_digest": hashlib.sha256(model_bytes).hexdigest(),
+            "response_body": response_body.SerializeToString().hex(),
+            "nonce": response_nonce.hex(),
+            "aad": response_aad_bytes.hex(),
+            "ciphertext": ciphertext.hex(),
+            "sealed_response": sealed_response.SerializeToString().hex(),
         },
     }
 
@@ -1299,6 +1469,7 @@ def build_all(previous: Callable[[str], dict[str, Any] | None]) -> dict[str, str
         "snp_verdicts.json": _dump(snp_verdicts()),
         "receipts_v2.json": _dump(receipts_v2()),
         "replicas.json": _dump(replicas(previous("replicas.json"))),
+        "sessions.json": _dump(sessions()),
     }
 
 

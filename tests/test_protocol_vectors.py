@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from veil.sdk.audit import Verifier, verify_receipt
 from veil.sdk.evidence import EnclaveClaims
 from veil.sdk.protocol import (
+    MAX_SESSION_SEQ,
     Suite,
     chunk_aad,
     chunk_nonce,
@@ -30,9 +31,21 @@ from veil.sdk.protocol import (
     report_data_for,
     request_info,
     response_aad,
+    session_aad,
+    session_keys,
+    session_nonce,
+    session_request_digest,
 )
-from veil.sdk.sealing import SealedCall, decrypt_chunk, encrypt_chunk, open_error, open_response
-from veil.v1 import common_pb2
+from veil.sdk.sealing import (
+    SealedCall,
+    decrypt_chunk,
+    encrypt_chunk,
+    open_error,
+    open_response,
+    request_digest,
+    seal_session_request,
+)
+from veil.v1 import common_pb2, models_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "tests" / "vectors" / "protocol"
@@ -253,3 +266,95 @@ def test_replica_certificate_verdicts_are_the_python_verifiers(gen: ModuleType) 
         )
         assert verdict == case["expect"], case["name"]
     assert doc["manifest_cases"][0]["expect"]["sha256"] == doc["manifest_sha256"]
+
+
+def test_session_keys_requests_and_response() -> None:
+    doc = _load("sessions.json")
+    suite1 = _load("suite1.json")
+    digest = h(doc["claims_digest"])
+    assert digest == h(suite1["attestation"]["claims_digest"]) and doc["tenant"] == "default"
+    # opening: the one-shot RequestBody carries the secret; the answer says the session is open
+    body = common_pb2.RequestBody.FromString(h(doc["opening"]["request_body"]))
+    assert body.session_secret == h(doc["session_secret"]) and body.receipt_version == 2
+    assert body.SerializeToString() == h(doc["opening"]["request_body"])
+    assert models_pb2.ListModelsRequest.FromString(body.payload) == models_pb2.ListModelsRequest()
+    answer = common_pb2.ResponseBody.FromString(h(doc["opening"]["response_body"]))
+    assert answer.session_idle_seconds == doc["opening"]["session_idle_seconds"] == 600
+    keys = session_keys(h(doc["session_secret"]), tenant=doc["tenant"], claims_digest=digest)
+    assert keys.session_id + keys.request_key + keys.request_iv + keys.response_key == h(doc["okm"])
+    assert (keys.session_id, keys.request_key, keys.request_iv, keys.response_key) == (
+        h(doc["session_id"]),
+        h(doc["request_key"]),
+        h(doc["request_iv"]),
+        h(doc["response_key"]),
+    )
+    assert [r["seq"] for r in doc["requests"]] == [1, 2, MAX_SESSION_SEQ]
+    for entry in doc["requests"]:
+        seq = entry["seq"]
+        assert session_nonce(keys.request_iv, seq) == h(entry["nonce"])
+        aad = session_aad(
+            method=doc["method"],
+            tenant=doc["tenant"],
+            request_id=h(doc["request_id"]),
+            timestamp_ms=doc["timestamp_ms"],
+            claims_digest=digest,
+            session_id=keys.session_id,
+            seq=seq,
+        )
+        assert aad == h(entry["aad"])
+        call = seal_session_request(
+            keys,
+            seq,
+            method=doc["method"],
+            tenant=doc["tenant"],
+            payload=h(doc["payload"]),
+            timestamp_ms=doc["timestamp_ms"],
+            claims_digest=digest,
+            random=lambda n: h(doc["request_id"])[:n],
+        )
+        assert call.request.sealed == h(entry["sealed"])
+        assert call.request.sealed[-16:] == h(entry["tag"])
+        assert call.request.SerializeToString() == h(entry["sealed_request"])
+        assert call.response_key == keys.response_key
+        assert (
+            session_request_digest(keys.session_id, seq, h(entry["tag"]))
+            == (entry["request_digest"])
+        )
+        assert call.digest == request_digest(call.request) == entry["request_digest"]
+    assert len({r["sealed"] for r in doc["requests"]}) == 3  # each number its own nonce
+    res = doc["response"]
+    first = doc["requests"][0]
+    call = SealedCall(
+        request=common_pb2.SealedRequest.FromString(h(first["sealed_request"])),
+        method=doc["method"],
+        request_id=h(doc["request_id"]),
+        response_key=keys.response_key,
+    )
+    assert response_aad(
+        method=doc["method"], request_id=h(doc["request_id"]), seq=0, final=True
+    ) == h(res["aad"])
+    opened = open_response(call, common_pb2.SealedResponse.FromString(h(res["sealed_response"])))
+    assert opened.payload == h(res["payload"])
+    assert opened.session_idle_seconds == 0
+    receipt = verify_receipt(
+        opened.receipt,
+        Verifier.from_vkey(doc["audit_log_vkey"]),
+        tenant=doc["tenant"],
+        request_digest=first["request_digest"],
+        response_digest=hashlib.sha256(opened.payload).hexdigest(),
+    )
+    assert receipt.model_digest == res["model_digest"]
+    # the one-shot name of the same bytes is not the session's
+    with pytest.raises(Exception, match="does not match"):
+        verify_receipt(
+            opened.receipt,
+            Verifier.from_vkey(doc["audit_log_vkey"]),
+            request_digest=hashlib.sha256(h(first["sealed"])).hexdigest(),
+        )
+    from veil.sdk.errors import DecryptionError
+
+    with pytest.raises(DecryptionError):  # the request key does not open the response
+        open_response(
+            SealedCall(call.request, call.method, call.request_id, keys.request_key),
+            common_pb2.SealedResponse.FromString(h(res["sealed_response"])),
+        )

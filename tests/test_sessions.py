@@ -309,3 +309,30 @@ def test_client_recovers_when_the_enclave_forgot_its_session(
             assert len(first.receipts) == 4  # upload + 3 inferences, each with its receipt
     finally:
         served.running.stop(grace=None)
+
+
+def test_threads_and_coroutines_share_one_client_session_safely(served: Served) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from veil.sdk import AsyncClient
+
+    with served.client() as client:
+        client.upload_model(mlp_model(), "mlp")
+        expected = client.infer("mlp", {"x": X})["probs"]
+        with ThreadPoolExecutor(8) as pool:  # out-of-order numbers inside the replay window
+            results = list(pool.map(lambda _: client.infer("mlp", {"x": X})["probs"], range(64)))
+        assert all(np.array_equal(r, expected) for r in results)
+        assert client._core.session is not None and client._core.session._seq >= 60
+
+    async def gather() -> list[np.ndarray]:
+        async with AsyncClient(
+            served.address, api_key=TENANT_KEYS["default"], policy=served.policy()
+        ) as aclient:
+            first = (await aclient.infer("mlp", {"x": X}))["probs"]
+            rest = await asyncio.gather(*(aclient.infer("mlp", {"x": X}) for _ in range(16)))
+            assert aclient._core.session is not None
+            return [first, *(r["probs"] for r in rest)]
+
+    assert all(np.array_equal(r, expected) for r in asyncio.run(gather()))
+    assert len(served.enclave.gateway.sessions) <= 3

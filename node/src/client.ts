@@ -29,7 +29,7 @@ import { type AttestedEnclave, evidenceFromMessage, verifyEnclave } from "./evid
 import type { AttestationPolicy } from "./policy.js";
 import { type Msg, decode, encode, methodDefinitions } from "./proto.js";
 import { type ReplicaIdentity, replicaLogVerifier, verifyReplicaCertificate } from "./replica.js";
-import { ATTEST_METHOD, MODEL_KEY_LEN, Method, NONCE_LEN, Suite, sha256, sha256Hex } from "./protocol.js";
+import { ATTEST_METHOD, MODEL_KEY_LEN, Method, NONCE_LEN, SESSION_SECRET_LEN, Suite, sessionKeys, sha256, sha256Hex } from "./protocol.js";
 import {
   type Random,
   SEALED_ERROR_KEY,
@@ -39,8 +39,11 @@ import {
   encryptChunk,
   openError,
   openResponse,
+  requestDigest,
   sealRequest,
+  sealSessionRequest,
 } from "./sealing.js";
+import { ClientSession } from "./session.js";
 import { type Tensor, fromProto, toProto } from "./tensors.js";
 import {
   type BudgetInfo,
@@ -87,6 +90,22 @@ export interface ClientOptions {
   clock?: () => Date;
   random?: Random;
   chunkSize?: number;
+  /**
+   * Protocol 1.4 (default true): ask the enclave for a sealing session with each one-shot request
+   * and, once one is open, seal later calls in it (AES-256-GCM, no HPKE step per call). `false`:
+   * every call is sealed one-shot with HPKE.
+   */
+  sessions?: boolean;
+}
+
+/** The session this client seals in (protocol 1.4), for diagnostics: no key material. */
+export interface SessionInfo {
+  /** Hex of the 16-byte session id (it travels in clear with each request of the session). */
+  readonly sessionId: string;
+  /** Requests numbered in this session so far. */
+  readonly requests: number;
+  /** How long the enclave keeps the session unused, in seconds. */
+  readonly idleSeconds: number;
 }
 
 /** Per-call options: an `AbortSignal` (e.g. `AbortSignal.timeout(5000)`) and/or a deadline. */
@@ -171,7 +190,9 @@ export class VeilClient {
   private readonly clock: () => Date;
   private readonly random: Random;
   private readonly chunkSize: number;
+  private readonly sessions: boolean;
   private attested: AttestedEnclave | undefined;
+  private current: ClientSession | undefined;
   private readonly kept: KeptReceipt[] = [];
   private readonly replicas: ReplicaIdentity[] = [];
   private readonly certified = new Map<string, ReplicaIdentity>();
@@ -191,6 +212,7 @@ export class VeilClient {
     this.clock = options.clock ?? (() => new Date());
     this.random = options.random ?? defaultRandom;
     this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK;
+    this.sessions = options.sessions ?? true;
     const credentials = options.tls
       ? grpc.credentials.createSsl(options.tls.rootCertificates ?? null, options.tls.clientKey ?? null, options.tls.clientCertificate ?? null)
       : grpc.credentials.createInsecure();
@@ -223,6 +245,13 @@ export class VeilClient {
     return this.replicas;
   }
 
+  /** The sealing session later calls go in (protocol 1.4), or `undefined` when none is open. */
+  get session(): SessionInfo | undefined {
+    const s = this.current;
+    if (s === undefined) return undefined;
+    return Object.freeze({ sessionId: s.keys.sessionId.toString("hex"), requests: s.used, idleSeconds: s.idleSeconds });
+  }
+
   // -- attestation ------------------------------------------------------------------------
 
   /** Verify the enclave (or return the cached, unexpired verdict). */
@@ -249,28 +278,61 @@ export class VeilClient {
     return attested;
   }
 
+  /**
+   * Run `run` with a verified enclave; on `key-rotated`, re-attest and retry once; on
+   * `session-expired` (nothing was processed: the enclave no longer holds the session —
+   * restarted, another worker or replica, idle too long), retry once opening a new one.
+   */
   private async sealed<T>(options: CallOptions, run: (enclave: AttestedEnclave) => Promise<T>): Promise<T> {
     const enclave = await this.attest(options);
     try {
       return await run(enclave);
     } catch (exc) {
-      if (!(exc instanceof RemoteError) || exc.reason !== RemoteReason.KEY_ROTATED) {
+      if (exc instanceof RemoteError && exc.reason === RemoteReason.SESSION_EXPIRED) {
+        this.current = undefined;
+        try {
+          return await run(enclave);
+        } catch (again) {
+          if (!(again instanceof RemoteError) || again.reason !== RemoteReason.KEY_ROTATED) {
+            throw again;
+          }
+        }
+      } else if (!(exc instanceof RemoteError) || exc.reason !== RemoteReason.KEY_ROTATED) {
         throw exc;
       }
     }
+    this.current = undefined; // a new attestation: the session ends with the old one
     return run(await this.attest({ ...options, force: true }));
   }
 
-  private seal(enclave: AttestedEnclave, method: Method, typeName: string, message: Msg): Promise<SealedCall> {
+  /** Seal a call: in the open session if there is one, else with HPKE (asking for a session). */
+  private async seal(enclave: AttestedEnclave, method: Method, typeName: string, message: Msg): Promise<SealedCall> {
+    const now = this.clock().getTime();
+    const session = this.current;
+    if (session !== undefined) {
+      const seq = session.take(enclave.claimsDigest, now);
+      if (seq !== undefined) {
+        return sealSessionRequest(session.keys, seq, {
+          method,
+          tenant: this.tenant,
+          payload: encode(typeName, message),
+          timestampMs: now,
+          claimsDigest: enclave.claimsDigest,
+          random: this.random,
+        });
+      }
+      if (this.current === session) this.current = undefined;
+    }
     return sealRequest(enclave, {
       method,
       tenant: this.tenant,
       apiKey: this.apiKey,
       payload: encode(typeName, message),
-      timestampMs: this.clock().getTime(),
+      timestampMs: now,
       suite: this.suite,
       random: this.random,
       receiptVersion: RECEIPT_VERSION,
+      sessionSecret: this.sessions ? this.random(SESSION_SECRET_LEN) : Buffer.alloc(0),
     });
   }
 
@@ -297,7 +359,7 @@ export class VeilClient {
         }
         const receipt = verifyReceipt(opened.receipt, logKey, {
           tenant: this.tenant,
-          requestDigest: sha256Hex(call.request["sealed"] as Buffer),
+          requestDigest: call.digest ?? requestDigest(call.request),
           responseDigest: sha256Hex(opened.payload),
         });
         this.kept.push(Object.freeze({ receipt, note: opened.receipt }));
@@ -308,7 +370,18 @@ export class VeilClient {
         }
       }
     }
-    return { message: decode(typeName, opened.payload), final: opened.final, replica: identity };
+    const message = decode(typeName, opened.payload);
+    // The session this one-shot call asked for is open: adopt it once, when its answer is complete
+    // (the final message, its receipt verified), so the numbering never starts over.
+    if (opened.final && call.sessionSecret !== undefined && call.sessionSecret.length > 0 && opened.sessionIdleSeconds > 0) {
+      this.current = new ClientSession(
+        sessionKeys(call.sessionSecret, { tenant: this.tenant, claimsDigest: enclave.claimsDigest }),
+        enclave.claimsDigest,
+        opened.sessionIdleSeconds,
+        this.clock().getTime(),
+      );
+    }
+    return { message, final: opened.final, replica: identity };
   }
 
   /**
@@ -654,31 +727,39 @@ export class VeilClient {
       input_shape: [...(o.inputShape ?? [])],
     };
     const enclave = await this.attest(options);
-    const call = await this.seal(enclave, Method.TRAIN, "TrainRequest", request);
-    const stream = this.streamRpc(Method.TRAIN, call.request, options, false);
-    const received = { count: 0 };
-    try {
-      for await (const part of this.sealedStream(enclave, call, stream, "TrainEvent", received)) {
-        const event = part.message;
-        if (event["progress"] != null) {
-          const p = event["progress"] as Msg;
-          yield { type: "progress", progress: Object.freeze({ epoch: Number(p["epoch"]), step: Number(p["step"]), totalSteps: Number(p["total_steps"]), loss: Number(p["loss"]), epsilon: Number(p["epsilon"]) }) };
+    for (let attempt = 0; ; attempt++) {
+      const call = await this.seal(enclave, Method.TRAIN, "TrainRequest", request);
+      const stream = this.streamRpc(Method.TRAIN, call.request, options, false);
+      const received = { count: 0 };
+      try {
+        for await (const part of this.sealedStream(enclave, call, stream, "TrainEvent", received)) {
+          const event = part.message;
+          if (event["progress"] != null) {
+            const p = event["progress"] as Msg;
+            yield { type: "progress", progress: Object.freeze({ epoch: Number(p["epoch"]), step: Number(p["step"]), totalSteps: Number(p["total_steps"]), loss: Number(p["loss"]), epsilon: Number(p["epsilon"]) }) };
+            continue;
+          }
+          if (event["result"] == null || !part.final) {
+            throw new ProtocolError("training result arrived before the end of the stream", ProtocolFailure.OUT_OF_ORDER);
+          }
+          yield { type: "result", outcome: this.outcome(event["result"] as Msg, enclave, part.replica) };
+        }
+        return;
+      } catch (exc) {
+        if (exc instanceof RemoteError && exc.reason === RemoteReason.SESSION_EXPIRED && attempt === 0 && received.count === 0) {
+          // the enclave forgot the session before starting anything: open a new one, once
+          this.current = undefined;
           continue;
         }
-        if (event["result"] == null || !part.final) {
-          throw new ProtocolError("training result arrived before the end of the stream", ProtocolFailure.OUT_OF_ORDER);
+        if (exc instanceof RemoteError && exc.reason === RemoteReason.BUDGET_EXHAUSTED) {
+          const left = await this.budget(digest, options);
+          throw new PrivacyBudgetExceeded(
+            `${exc.detail}; the dataset has epsilon ${left.epsilonRemaining.toPrecision(4)} and delta ${left.deltaRemaining.toPrecision(3)} left`,
+            { epsilon: left.epsilonRemaining, delta: left.deltaRemaining },
+          );
         }
-        yield { type: "result", outcome: this.outcome(event["result"] as Msg, enclave, part.replica) };
+        throw exc;
       }
-    } catch (exc) {
-      if (exc instanceof RemoteError && exc.reason === RemoteReason.BUDGET_EXHAUSTED) {
-        const left = await this.budget(digest, options);
-        throw new PrivacyBudgetExceeded(
-          `${exc.detail}; the dataset has epsilon ${left.epsilonRemaining.toPrecision(4)} and delta ${left.deltaRemaining.toPrecision(3)} left`,
-          { epsilon: left.epsilonRemaining, delta: left.deltaRemaining },
-        );
-      }
-      throw exc;
     }
   }
 

@@ -141,7 +141,7 @@ export const RemoteReason = {
   KEY_ROTATED: "key-rotated",
   STALE_REQUEST: "stale-request",
   REPLAY: "replay",
-  /** Protocol 1.4: the enclave holds no such session (this client seals one-shot, never sees it). */
+  /** Protocol 1.4: the enclave holds no such session (nothing was processed; the client opens a new one and retries once). */
   SESSION_EXPIRED: "session-expired",
   UNDECRYPTABLE: "undecryptable",
   INVALID_INPUT: "invalid-input",

@@ -3,7 +3,7 @@
  * (docs/PROTOCOL.md). Verify first (SEV-SNP under pinned AMD roots), then seal every request.
  */
 export { VeilClient, attestationCheck, readApiKey, remoteError, RECEIPT_VERSION } from "./client.js";
-export type { CallOptions, ClientOptions, KeptReceipt, TlsOptions } from "./client.js";
+export type { CallOptions, ClientOptions, KeptReceipt, SessionInfo, TlsOptions } from "./client.js";
 export {
   AttestationError,
   AttestationFailure,
@@ -46,7 +46,9 @@ export type { SnpCertChain } from "./snp/certs.js";
 export { verifySnpReport } from "./snp/verify.js";
 export type { VerifiedSnpReport, VerifyOptions } from "./snp/verify.js";
 export {
+  MAX_SESSION_SEQ,
   Method,
+  SessionKeys,
   Suite,
   chunkAad,
   chunkNonce,
@@ -54,6 +56,10 @@ export {
   reportDataFor,
   requestInfo,
   responseAad,
+  sessionAad,
+  sessionKeys,
+  sessionNonce,
+  sessionRequestDigest,
 } from "./protocol.js";
 export {
   decryptChunk,
@@ -61,9 +67,11 @@ export {
   hpkeSeal,
   openError,
   openResponse,
+  requestDigest,
   sealRequest,
+  sealSessionRequest,
 } from "./sealing.js";
-export type { ErrorBody, OpenedResponse, SealedCall, SealOptions } from "./sealing.js";
+export type { ErrorBody, OpenedResponse, SealedCall, SealOptions, SessionSealOptions } from "./sealing.js";
 export { Verifier, SignedNote, keyHash } from "./audit/note.js";
 export { parseCheckpoint, verifyCheckpoint, verifyCheckpointConsistency } from "./audit/checkpoint.js";
 export type { Checkpoint } from "./audit/checkpoint.js";

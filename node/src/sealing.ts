@@ -1,10 +1,12 @@
 /**
- * Sealing: HPKE (RFC 9180) requests to a *verified* enclave, AES-256-GCM responses and chunks.
+ * Sealing: HPKE (RFC 9180) requests to a *verified* enclave, AES-256-GCM requests in a session
+ * (protocol 1.4), AES-256-GCM responses and chunks.
  *
  * `sealRequest` takes an `AttestedEnclave`, never a raw key, so data can only be sealed to a key
- * that hardware evidence vouched for. Every failure to open is one opaque `DecryptionError`.
+ * that hardware evidence vouched for; a session's keys come only from a secret sealed that way.
+ * Every failure to open is one opaque `DecryptionError`.
  */
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { Aes256Gcm, CipherSuite, HkdfSha256 } from "@hpke/core";
 import { DhkemX25519HkdfSha256 } from "@hpke/dhkem-x25519";
 import { XWing } from "@hpke/hybridkem-x-wing";
@@ -13,15 +15,21 @@ import { DecryptionError, ProtocolError } from "./errors.js";
 import type { AttestedEnclave } from "./evidence.js";
 import {
   GCM_NONCE_LEN,
+  GCM_TAG_LEN,
   MODEL_KEY_LEN,
   PROTOCOL_VERSION,
   REQUEST_ID_LEN,
   RESPONSE_KEY_LEN,
+  SESSION_SECRET_LEN,
+  type SessionKeys,
   Suite,
   chunkAad,
   chunkNonce,
   requestInfo,
   responseAad,
+  sessionAad,
+  sessionNonce,
+  sessionRequestDigest,
 } from "./protocol.js";
 import { type Msg, decode, encode } from "./proto.js";
 
@@ -29,7 +37,7 @@ export type Random = (n: number) => Buffer;
 export const defaultRandom: Random = (n) => randomBytes(n);
 export const SEALED_ERROR_KEY = "veil-sealed-error-bin";
 export const MAX_ERROR_MESSAGE_BYTES = 1024;
-const TAG_LEN = 16;
+const TAG_LEN = GCM_TAG_LEN;
 
 const suites = new Map<Suite, CipherSuite>();
 /** The `@hpke/core` cipher suite for a Veil suite number. */
@@ -76,6 +84,10 @@ export interface SealedCall {
   readonly method: string;
   readonly requestId: Buffer;
   readonly responseKey: Buffer;
+  /** What the call's receipt must name as the request (`requestDigest`), computed when sealed. */
+  readonly digest?: string;
+  /** The session secret this one-shot request asked the enclave to open a session with (1.4). */
+  readonly sessionSecret?: Buffer;
 }
 
 export interface SealOptions {
@@ -88,6 +100,8 @@ export interface SealOptions {
   random?: Random;
   /** Receipt formats the client verifies (`RequestBody.receipt_version`; 0: v1 only). */
   receiptVersion?: number;
+  /** Protocol 1.4: 32 fresh random bytes asking the enclave to open a session (empty: none). */
+  sessionSecret?: Uint8Array;
   /** Test vectors only: fixed HPKE ephemeral key material. */
   ekm?: Uint8Array;
 }
@@ -95,6 +109,10 @@ export interface SealOptions {
 /** Seal `payload` (a serialized request message) and the API key to a verified enclave. */
 export async function sealRequest(enclave: AttestedEnclave, o: SealOptions): Promise<SealedCall> {
   const random = o.random ?? defaultRandom;
+  const sessionSecret = Buffer.from(o.sessionSecret ?? []);
+  if (sessionSecret.length !== 0 && sessionSecret.length !== SESSION_SECRET_LEN) {
+    throw new ProtocolError(`session secret must be ${SESSION_SECRET_LEN} bytes`);
+  }
   const requestId = random(REQUEST_ID_LEN);
   const responseKey = random(RESPONSE_KEY_LEN);
   const body = encode("RequestBody", {
@@ -102,6 +120,8 @@ export async function sealRequest(enclave: AttestedEnclave, o: SealOptions): Pro
     api_key: o.apiKey,
     payload: Buffer.from(o.payload),
     receipt_version: o.receiptVersion ?? 0,
+    // absent, not empty, when no session is asked for: the body is then a 1.3 client's
+    ...(sessionSecret.length > 0 ? { session_secret: sessionSecret } : {}),
   });
   const info = requestInfo({
     method: o.method,
@@ -120,7 +140,64 @@ export async function sealRequest(enclave: AttestedEnclave, o: SealOptions): Pro
     claims_digest: enclave.claimsDigest,
     sealed,
   };
-  return Object.freeze({ request, method: o.method, requestId, responseKey });
+  const digest = createHash("sha256").update(sealed).digest("hex");
+  return Object.freeze({ request, method: o.method, requestId, responseKey, digest, sessionSecret });
+}
+
+export interface SessionSealOptions {
+  method: string;
+  tenant: string;
+  payload: Uint8Array;
+  timestampMs: bigint | number;
+  /** The digest of the attested claims the session was opened under. */
+  claimsDigest: Uint8Array;
+  random?: Random;
+}
+
+/**
+ * Seal `payload` (a serialized request message) in an open session (protocol 1.4): AES-256-GCM
+ * only, no HPKE step. `seq` must be new in the session (1, 2, 3, …): it is the nonce and the
+ * replay number. The API key and receipt format were given when the session opened.
+ */
+export function sealSessionRequest(keys: SessionKeys, seq: number, o: SessionSealOptions): SealedCall {
+  const random = o.random ?? defaultRandom;
+  const requestId = random(REQUEST_ID_LEN);
+  const aad = sessionAad({
+    method: o.method,
+    tenant: o.tenant,
+    requestId,
+    timestampMs: o.timestampMs,
+    claimsDigest: o.claimsDigest,
+    sessionId: keys.sessionId,
+    seq,
+  });
+  const sealed = aesGcmEncrypt(keys.requestKey, sessionNonce(keys.requestIv, seq), o.payload, aad);
+  const request = {
+    version: PROTOCOL_VERSION,
+    suite: Suite.X25519_SHA256_AES256GCM,
+    tenant: o.tenant,
+    request_id: requestId,
+    timestamp_ms: BigInt(o.timestampMs).toString(),
+    claims_digest: Buffer.from(o.claimsDigest),
+    sealed,
+    session_id: keys.sessionId,
+    seq: String(seq),
+  };
+  const digest = sessionRequestDigest(keys.sessionId, seq, sealed.subarray(sealed.length - GCM_TAG_LEN));
+  return Object.freeze({ request, method: o.method, requestId, responseKey: keys.responseKey, digest });
+}
+
+/**
+ * What a receipt names as the request: SHA-256 of the sealed bytes (`enc ‖ ciphertext`); in a
+ * session (1.4), `sessionRequestDigest` of its id, number and GCM tag.
+ */
+export function requestDigest(request: Msg): string {
+  const sealed = Buffer.from((request["sealed"] as Uint8Array | undefined) ?? []);
+  const sessionId = request["session_id"] as Uint8Array | undefined;
+  if (sessionId !== undefined && sessionId.byteLength > 0) {
+    return sessionRequestDigest(sessionId, BigInt(String(request["seq"] ?? "0")), sealed.subarray(Math.max(0, sealed.length - GCM_TAG_LEN)));
+  }
+  return createHash("sha256").update(sealed).digest("hex");
 }
 
 export function aesGcmEncrypt(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Buffer {
@@ -151,6 +228,8 @@ export interface OpenedResponse {
   readonly final: boolean;
   /** Replicated deployments (1.3): the answering replica's serialized `ReplicaCertificate`. */
   readonly replica: Buffer;
+  /** Protocol 1.4: the session the request asked for is open, kept this long idle (0: none). */
+  readonly sessionIdleSeconds: number;
 }
 
 function openBody(call: SealedCall, response: Msg, seq: number): Msg {
@@ -187,6 +266,7 @@ export function openResponse(call: SealedCall, response: Msg, seq = 0): OpenedRe
     receipt: String(body["receipt"] ?? ""),
     final: response["final"] === true,
     replica: Buffer.from((body["replica"] as Buffer | undefined) ?? []),
+    sessionIdleSeconds: Number(body["session_idle_seconds"] ?? 0),
   });
 }
 

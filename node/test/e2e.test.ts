@@ -1,5 +1,6 @@
 // End to end against a real enclave on 127.0.0.1 (simulated TEE): attestation, upload, sealed
-// inference with both suites, receipts and proofs, training, export and its offline verification.
+// inference with both suites, sealing sessions (1.4), receipts and proofs, training, export and its
+// offline verification.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -11,6 +12,7 @@ import {
   AttestationFailure,
   AttestationPolicy,
   AuditLogError,
+  Method,
   RemoteError,
   RemoteReason,
   Suite,
@@ -36,6 +38,17 @@ function client(suite: Suite = Suite.X25519_SHA256_AES256GCM, tenant = "default"
 }
 
 const batch = () => tensor(new Float32Array([0.5, -1, 2, 0.25, 1, 1, -0.5, 0]), [2, 4]);
+
+/** A sealed request as the enclave's gateway saw its clear envelope (`sealed` command). */
+interface Sealed {
+  method: string;
+  session: string;
+  seq: number;
+}
+const envelopes = async (e: Enclave, from = 0): Promise<[string, string, number][]> =>
+  ((await e.command("sealed")) as Sealed[]).slice(from).map((s) => [s.method, s.session, s.seq]);
+const probs = async (c: VeilClient, model: string): Promise<Float32Array> =>
+  values((await c.infer(model, { x: batch() }))["probs"] as never) as Float32Array;
 
 describe("a Node client against a real enclave", () => {
   before(async () => {
@@ -141,8 +154,51 @@ describe("a Node client against a real enclave", () => {
     assert.equal(await enclave.command("rotate"), "rotated");
     // the old epoch still opens until it expires; the client keeps its verdict and still works
     await c.listModels();
+    const old = c.session;
+    assert.ok(old, "the one-shot call opened a session under the old attestation");
     const again = await c.attest({ force: true });
     assert.notEqual(again.keyId, first.keyId);
+    // that session was bound to the old claims: the next call is one-shot again, and opens another
+    const mark = ((await enclave.command("sealed")) as Sealed[]).length;
+    await c.listModels();
+    assert.deepEqual(await envelopes(enclave, mark), [[Method.LIST_MODELS, "", 0]]);
+    assert.notEqual(c.session?.sessionId, old.sessionId);
+    assert.equal(c.session?.requests, 0);
+  });
+
+  test("sessions (1.4): one HPKE step, then every call sealed in the session; same answers as one-shot", async () => {
+    const c = client();
+    const held = (await enclave.command("sessions")) as number;
+    const mark = ((await enclave.command("sealed")) as Sealed[]).length;
+    await c.uploadModel(readFileSync(enclave.info.model), "mlp-session"); // one-shot: asks for a session
+    const opened = c.session;
+    assert.ok(opened);
+    assert.deepEqual([opened.requests, opened.idleSeconds, opened.sessionId.length], [0, 600, 32]);
+    assert.equal(await enclave.command("sessions"), held + 1);
+    const inSession = [await probs(c, "mlp-session"), await probs(c, "mlp-session"), await probs(c, "mlp-session")];
+    assert.ok((await c.listModels()).some((m) => m.ref === "mlp-session@1"));
+    assert.equal(c.session?.sessionId, opened.sessionId);
+    assert.equal(c.session?.requests, 4);
+    // on the wire: the upload sealed with HPKE, then requests 1..4 of that session, no HPKE step
+    assert.deepEqual(await envelopes(enclave, mark), [
+      [Method.UPLOAD_MODEL, "", 0],
+      [Method.INFER, opened.sessionId, 1],
+      [Method.INFER, opened.sessionId, 2],
+      [Method.INFER, opened.sessionId, 3],
+      [Method.LIST_MODELS, opened.sessionId, 4],
+    ]);
+    // each answer's receipt was verified against the session request digest
+    assert.equal(c.receipts.length, 5);
+    assert.equal(new Set(c.receipts.map((r) => r.receipt.requestDigest)).size, 5);
+    // `sessions: false`: every call one-shot, and the enclave opens no session for it
+    const plain = new VeilClient(enclave.info.address, { tenant: "default", apiKey: enclave.info.api_keys["default"] as string, policy, sessions: false });
+    clients.push(plain);
+    const before = ((await enclave.command("sealed")) as Sealed[]).length;
+    const oneShot = [await probs(plain, "mlp-session"), await probs(plain, "mlp-session")];
+    assert.equal(plain.session, undefined);
+    assert.equal(await enclave.command("sessions"), held + 1);
+    assert.deepEqual(await envelopes(enclave, before), [[Method.INFER, "", 0], [Method.INFER, "", 0]]);
+    for (const answer of [...inSession, oneShot[1]]) assert.deepEqual(answer, oneShot[0]);
   });
 
   test("receipts are proven in the signed log; checkpoints only grow", async () => {
@@ -250,5 +306,56 @@ describe("a Node client against a real enclave", () => {
         return true;
       });
     }
+  });
+});
+
+describe("a session the enclave forgot (`[limits] max_sessions = 1`, two clients)", () => {
+  let small: Enclave;
+  const mine: VeilClient[] = [];
+  before(async () => {
+    small = await Enclave.start("serve_enclave.py", ["--max-sessions", "1"]);
+  });
+  after(async () => {
+    for (const c of mine) c.close();
+    await small.stop();
+  });
+
+  test("is recovered transparently: refused before anything ran, then one-shot with a new session", async () => {
+    const trust = AttestationPolicy.simulatedForTests(small.info.root_pem, { measurements: [small.info.measurement] });
+    const make = (): VeilClient => {
+      const c = new VeilClient(small.info.address, { tenant: "default", apiKey: small.info.api_keys["default"] as string, policy: trust });
+      mine.push(c);
+      return c;
+    };
+    const first = make();
+    const second = make();
+    await first.uploadModel(readFileSync(small.info.model), "mlp");
+    const dataset = await first.uploadDataset(readFileSync(small.info.dataset), { format: "csv", labelColumn: "label" });
+    const old = first.session;
+    assert.equal(old?.requests, 1, "the dataset went in the session the upload opened");
+    const theirs = await probs(second, "mlp"); // opens second's session: the enclave drops first's
+    assert.equal(await small.command("sessions"), 1);
+    const mark = ((await small.command("sealed")) as Sealed[]).length;
+    assert.deepEqual(await probs(first, "mlp"), theirs);
+    assert.deepEqual(await envelopes(small, mark), [[Method.INFER, old.sessionId, 2], [Method.INFER, "", 0]]);
+    const renewed = first.session;
+    assert.ok(renewed && renewed.sessionId !== old.sessionId);
+    assert.equal(renewed.requests, 0);
+    assert.equal(first.receipts.length, 3, "upload, dataset, inference: the refused attempt has no receipt");
+    await probs(first, "mlp");
+    assert.equal(first.session?.requests, 1);
+
+    // a training stream refused the same way before its first message is retried too
+    await probs(second, "mlp"); // takes the enclave's one session back
+    const held = first.session;
+    assert.ok(held);
+    const before = ((await small.command("sealed")) as Sealed[]).length;
+    let outcome;
+    for await (const event of first.train(dataset, { model: "logreg", targetEpsilon: 2, epochs: 1, batchSize: 64, name: "digits-forgotten", seed: 1 })) {
+      if (event.type === "result") outcome = event.outcome;
+    }
+    assert.equal(outcome?.model.ref, "digits-forgotten@1");
+    assert.deepEqual(await envelopes(small, before), [[Method.TRAIN, held.sessionId, 2], [Method.TRAIN, "", 0]]);
+    assert.notEqual(first.session?.sessionId, held.sessionId);
   });
 });

@@ -33,8 +33,8 @@ export class Enclave {
   ) {}
 
   /** Start `script` (a launcher in node/test that prints one JSON line, then obeys stdin). */
-  static async start(script = "serve_enclave.py"): Promise<Enclave> {
-    const proc = spawn(python(), [join(REPO, "node", "test", script)], {
+  static async start(script = "serve_enclave.py", args: readonly string[] = []): Promise<Enclave> {
+    const proc = spawn(python(), [join(REPO, "node", "test", script), ...args], {
       stdio: ["pipe", "pipe", "pipe"],
       env: { ...process.env, PYTHONUNBUFFERED: "1" },
     });
@@ -61,7 +61,7 @@ export class Enclave {
     return new Promise((resolve) => { this.waiting = resolve; });
   }
 
-  async command(name: "calls" | "rotate"): Promise<unknown> {
+  async command(name: "calls" | "rotate" | "sealed" | "sessions"): Promise<unknown> {
     this.proc.stdin.write(`${name}\n`);
     return JSON.parse(await this.next());
   }

@@ -7,12 +7,19 @@ and the paths of a small ONNX model (`model`) and a CSV dataset (`dataset`) it w
 tests; then obeys commands on stdin, one per line, each answered with one JSON line:
 
     calls    the gRPC methods the server was asked to run so far
+    sealed   every sealed request the gateway was asked to open, in order, as it arrived:
+             {"method", "session": hex session_id ("" for one-shot HPKE), "seq"}
+    sessions how many sealing sessions (protocol 1.4) the enclave holds
     rotate   start a new key epoch (clients sealed to the old one get `key-rotated`)
     quit     stop (so does the end of stdin)
+
+``--max-sessions N`` sets ``[limits] max_sessions`` (the enclave drops the least recently used
+session beyond N).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -22,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from enclave_support import TENANT_KEYS, mlp_model, start, write_config  # noqa: E402
+from enclave_support import TENANT_KEYS, Served, mlp_model, start, write_config  # noqa: E402
 
 
 def digits_csv(rows: int = 320) -> bytes:
@@ -37,12 +44,33 @@ def digits_csv(rows: int = 320) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def record_sealed(served: Served) -> list[dict[str, object]]:
+    """Wrap the real gateway's ``open`` to note each sealed request's clear envelope."""
+    seen: list[dict[str, object]] = []
+    gateway = served.enclave.gateway
+    opener = gateway.open
+
+    def recording(request, method):  # type: ignore[no-untyped-def]
+        seen.append({"method": method, "session": request.session_id.hex(), "seq": request.seq})
+        return opener(request, method)
+
+    gateway.open = recording  # type: ignore[method-assign]
+    return seen
+
+
 def main() -> int:
     warnings.simplefilter("ignore")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-sessions", type=int)
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="veil-node-e2e-") as tmp:
         data = Path(tmp) / "data"
         write_config(data)
+        if args.max_sessions is not None:
+            with (data / "config.toml").open("a") as config:
+                config.write(f"\n[limits]\nmax_sessions = {args.max_sessions}\n")
         served = start(data)
+        sealed = record_sealed(served)
         root = Path(tmp) / "simulated-root.pem"
         root.write_bytes(served.root_pem)
         model = Path(tmp) / "mlp.onnx"
@@ -69,6 +97,10 @@ def main() -> int:
                 command = line.strip()
                 if command == "calls":
                     print(json.dumps(served.calls.methods), flush=True)
+                elif command == "sealed":
+                    print(json.dumps(sealed), flush=True)
+                elif command == "sessions":
+                    print(json.dumps(len(served.enclave.gateway.sessions)), flush=True)
                 elif command == "rotate":
                     served.enclave.rotate_keys()
                     print(json.dumps("rotated"), flush=True)

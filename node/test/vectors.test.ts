@@ -1,5 +1,6 @@
 // Replays tests/vectors/protocol (docs/PROTOCOL.md section 9) and the real SEV-SNP verdicts.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -10,6 +11,8 @@ import {
   AttestationPolicy,
   AttestedEnclave,
   DecryptionError,
+  MAX_SESSION_SEQ,
+  ProtocolError,
   Suite,
   Verifier,
   amdRoots,
@@ -22,8 +25,14 @@ import {
   openResponse,
   parseClaims,
   reportDataFor,
+  requestDigest,
   requestInfo,
   responseAad,
+  sealSessionRequest,
+  sessionAad,
+  sessionKeys,
+  sessionNonce,
+  sessionRequestDigest,
   snpCertChainFrom,
   verifyConsistency,
   verifyInclusion,
@@ -114,6 +123,81 @@ describe("suite 1 worked example", () => {
       assert.equal(chunkAad(h(up.request_id), c.seq, c.final).toString("hex"), c.aad);
       assert.equal(encryptChunk(h(up.model_key), h(up.request_id), c.seq, c.final, h(c.plaintext)).toString("hex"), c.ciphertext);
     }
+  });
+});
+
+describe("sessions (1.4): keys, requests at numbers 1, 2 and 2^32 - 1, a response", () => {
+  const doc = load("sessions.json");
+  const digest = h(doc["claims_digest"]);
+  const keys = sessionKeys(h(doc["session_secret"]), { tenant: doc["tenant"], claimsDigest: digest });
+
+  test("the opening request carries the secret; its answer says the session is open", () => {
+    assert.deepEqual(digest, h(load("suite1.json")["attestation"].claims_digest));
+    const body = decode("RequestBody", h(doc["opening"].request_body));
+    assert.deepEqual(body["session_secret"], h(doc["session_secret"]));
+    assert.equal((body["payload"] as Buffer).length, 0); // ListModelsRequest {}: no field on the wire
+    const again = encode("RequestBody", {
+      response_key: body["response_key"], api_key: body["api_key"], receipt_version: 2, session_secret: h(doc["session_secret"]),
+    });
+    assert.equal(again.toString("hex"), doc["opening"].request_body);
+    const answer = decode("ResponseBody", h(doc["opening"].response_body));
+    assert.equal(answer["session_idle_seconds"], 600);
+    assert.equal(doc["opening"].session_idle_seconds, 600);
+  });
+
+  test("HKDF: session id, request key and IV, response key", () => {
+    assert.equal(Buffer.concat([keys.sessionId, keys.requestKey, keys.requestIv, keys.responseKey]).toString("hex"), doc["okm"]);
+    assert.equal(keys.sessionId.toString("hex"), doc["session_id"]);
+    assert.equal(keys.requestKey.toString("hex"), doc["request_key"]);
+    assert.equal(keys.requestIv.toString("hex"), doc["request_iv"]);
+    assert.equal(keys.responseKey.toString("hex"), doc["response_key"]);
+    assert.ok(!String(keys).includes(doc["request_key"]) && !JSON.stringify(keys).includes(doc["response_key"]));
+    const other = sessionKeys(h(doc["session_secret"]), { tenant: "acme", claimsDigest: digest });
+    assert.notDeepEqual(other.sessionId, keys.sessionId);
+    assert.throws(() => sessionKeys(h(doc["session_secret"]).subarray(1), { tenant: "default", claimsDigest: digest }), ProtocolError);
+  });
+
+  test("requests: nonce, AAD, sealed bytes, SealedRequest, request digest", () => {
+    assert.deepEqual((doc["requests"] as Doc[]).map((r) => r["seq"]), [1, 2, MAX_SESSION_SEQ]);
+    for (const r of doc["requests"] as Doc[]) {
+      const seq = r["seq"] as number;
+      assert.equal(sessionNonce(keys.requestIv, seq).toString("hex"), r["nonce"]);
+      const aad = sessionAad({
+        method: doc["method"], tenant: doc["tenant"], requestId: h(doc["request_id"]),
+        timestampMs: doc["timestamp_ms"], claimsDigest: digest, sessionId: keys.sessionId, seq,
+      });
+      assert.equal(aad.toString("hex"), r["aad"]);
+      const call = sealSessionRequest(keys, seq, {
+        method: doc["method"], tenant: doc["tenant"], payload: h(doc["payload"]),
+        timestampMs: doc["timestamp_ms"], claimsDigest: digest, random: (n) => h(doc["request_id"]).subarray(0, n),
+      });
+      assert.equal((call.request["sealed"] as Buffer).toString("hex"), r["sealed"]);
+      assert.equal(encode("SealedRequest", call.request).toString("hex"), r["sealed_request"]);
+      assert.equal(sessionRequestDigest(keys.sessionId, seq, h(r["tag"])), r["request_digest"]);
+      assert.equal(call.digest, r["request_digest"]);
+      assert.equal(requestDigest(decode("SealedRequest", h(r["sealed_request"]))), r["request_digest"]);
+      assert.deepEqual(call.responseKey, keys.responseKey);
+    }
+    for (const bad of [0, MAX_SESSION_SEQ + 1]) {
+      assert.throws(() => sessionNonce(keys.requestIv, bad), ProtocolError);
+    }
+  });
+
+  test("the response opens under the session's response key; its receipt names the session request", () => {
+    const res = doc["response"];
+    const first = (doc["requests"] as Doc[])[0] as Doc;
+    const request = decode("SealedRequest", h(first["sealed_request"]));
+    const call: SealedCall = { request, method: doc["method"], requestId: h(doc["request_id"]), responseKey: keys.responseKey };
+    assert.equal(responseAad(doc["method"], h(doc["request_id"]), 0, true).toString("hex"), res.aad);
+    const opened = openResponse(call, decode("SealedResponse", h(res.sealed_response)));
+    assert.equal(opened.payload.toString("hex"), res.payload);
+    assert.equal(opened.sessionIdleSeconds, 0);
+    const key = Verifier.fromVkey(doc["audit_log_vkey"]);
+    const receipt = verifyReceipt(opened.receipt, key, { tenant: doc["tenant"], requestDigest: requestDigest(request), responseDigest: res.response_digest });
+    assert.equal(receipt.modelDigest, res.model_digest);
+    // the one-shot name of the same bytes is not the session's
+    assert.throws(() => verifyReceipt(opened.receipt, key, { requestDigest: createHash("sha256").update(h(first["sealed"])).digest("hex") }), /does not match/);
+    assert.throws(() => openResponse({ ...call, responseKey: keys.requestKey }, decode("SealedResponse", h(res.sealed_response))), DecryptionError);
   });
 });
 

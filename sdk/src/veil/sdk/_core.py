@@ -191,15 +191,33 @@ class ClientCore:
 
     # -- sealing --------------------------------------------------------------------------
 
-    def seal(self, enclave: AttestedEnclave, method: Method, message: Message) -> SealedCall:
-        """Seal a call: in the open session if there is one, else with HPKE (asking for one)."""
+    def seal(
+        self, enclave: AttestedEnclave, method: Method, message: Message, *, session: bool = True
+    ) -> SealedCall:
+        """Seal a call: in the open session if there is one, else with HPKE (asking for one).
+
+        ``session=False``: HPKE, neither in nor opening a session (server streams, whose
+        ``session-expired`` refusal would only show once the stream is read).
+        """
         now = self.clock()
-        session = self.session
-        if session is not None:
-            seq = session.take(enclave.claims_digest, now.timestamp())
+        if not session:
+            return seal_request(
+                enclave,
+                method=method.value,
+                tenant=self.tenant,
+                api_key=self.api_key,
+                payload=message.SerializeToString(),
+                timestamp_ms=to_ms(now),
+                suite=self.suite,
+                random=self.random,
+                receipt_version=self.receipt_version,
+            )
+        current = self.session
+        if current is not None:
+            seq = current.take(enclave.claims_digest, now.timestamp())
             if seq is not None:
                 return seal_session_request(
-                    session.keys,
+                    current.keys,
                     seq,
                     method=method.value,
                     tenant=self.tenant,

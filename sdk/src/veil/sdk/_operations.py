@@ -407,7 +407,8 @@ class Operations:
         )
 
         def run(enclave: AttestedEnclave) -> Op[Path]:
-            sealed = self.core.seal(enclave, Method.AUDIT_EXPORT_STREAM, request)
+            # A stream's refusal shows only once it is read: seal it one-shot, never retried.
+            sealed = self.core.seal(enclave, Method.AUDIT_EXPORT_STREAM, request, session=False)
             try:
                 receiver = ExportReceiver(Path(out_dir))
             except OSError as exc:
@@ -532,7 +533,8 @@ class Operations:
         self, dataset: str | DatasetInfo, request: training_pb2.TrainRequest
     ) -> Op[TrainingStart]:
         enclave = yield from self.attest()
-        sealed = self.core.seal(enclave, Method.TRAIN, request)
+        # A stream's refusal shows only once it is read: seal it one-shot, never retried.
+        sealed = self.core.seal(enclave, Method.TRAIN, request, session=False)
         try:
             stream = yield Call(Method.TRAIN.value, sealed.request, None)
         except grpc.RpcError as exc:
