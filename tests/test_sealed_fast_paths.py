@@ -63,3 +63,34 @@ def test_data_bytes_is_the_data_length_without_reading_it(size: int) -> None:
         assert _data_bytes(tensor) == len(tensor.data) == size
     # a declared shape that disagrees with the data does not change what is counted
     assert _data_bytes(common_pb2.Tensor(dtype="float32", shape=[10**12], data=b"ab")) == 2
+
+
+def test_onnx_runtime_pool_threads_may_run_on_every_allowed_cpu() -> None:
+    import glob
+    import os
+
+    import onnxruntime as ort
+    from enclave_support import mlp_model as model
+
+    from veil.enclave._onnx import intra_op_layout
+
+    allowed = sorted(os.sched_getaffinity(0))
+    threads, affinities = intra_op_layout(0)
+    assert threads == len(allowed)
+    every = ",".join(str(c + 1) for c in allowed)  # ORT numbers CPUs from 1
+    assert affinities == ";".join([every] * (threads - 1))
+    assert intra_op_layout(1) == (1, "")
+    assert intra_op_layout(3)[0] == 3 and intra_op_layout(3)[1].count(";") == 1
+    if threads < 2:
+        return  # one CPU: no pool, nothing to pin
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op_thread_affinities", affinities)
+    session = ort.InferenceSession(model(), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.ones((4, 4), np.float32)})
+    masks = set()
+    for status in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
+        with open(status) as lines:
+            masks |= {ln.split()[1] for ln in lines if ln.startswith("Cpus_allowed_list")}
+    wide = ",".join(str(c) for c in allowed)
+    assert all(m in {wide, f"{allowed[0]}-{allowed[-1]}"} for m in masks), masks

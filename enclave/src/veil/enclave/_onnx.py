@@ -22,6 +22,7 @@ What is enforced on every run (``InferenceLimits`` from ``Limits.for_model(tenan
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,23 @@ def _failure(exc: Exception, fired: str, limits: InferenceLimits) -> Exception:
     return InvalidInput(f"inference failed: {first}")
 
 
+def intra_op_layout(requested: int) -> tuple[int, str]:
+    """ONNX Runtime's intra-op thread count and its pool threads' CPU affinities.
+
+    ``requested`` 0 means one thread per CPU this process may use. By default ORT pins each pool
+    thread to one CPU; a request thread that then lands on that CPU (e.g. after a disk
+    interrupt woke it from the audit log's fsync there) shares it with the pinned thread and the
+    run takes ~2x as long. So every pool thread may run on every allowed CPU (ORT numbers them
+    from 1; one entry per pool thread, the calling thread being the first of ``threads``).
+    """
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    threads = requested if requested > 0 else max(1, len(allowed) or (os.cpu_count() or 1))
+    if threads <= 1 or not allowed:
+        return threads, ""
+    every = ",".join(str(cpu + 1) for cpu in allowed)
+    return threads, ";".join([every] * (threads - 1))
+
+
 class InferenceEngine:
     """ONNX Runtime sessions per model, cached (LRU), with input checks against the signature."""
 
@@ -144,8 +162,10 @@ class InferenceEngine:
         # The pool's threads spin after every run: ~2 ms of CPU per 1 KB request taken from the
         # gRPC, sealing and client work on the same cores (bench/ort_spin.py, PERFORMANCE.md).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self._intra_op_threads > 0:
-            opts.intra_op_num_threads = self._intra_op_threads
+        threads, affinities = intra_op_layout(self._intra_op_threads)
+        opts.intra_op_num_threads = threads
+        if affinities:
+            opts.add_session_config_entry("session.intra_op_thread_affinities", affinities)
         # kSameAsRequested (1): the arena never rounds a request up past the cap.
         arena = ort.OrtArenaCfg({"max_mem": memory_bytes, "arena_extend_strategy": 1})
         with _ALLOCATOR_LOCK:

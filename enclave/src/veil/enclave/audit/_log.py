@@ -75,7 +75,7 @@ class Appended:
 
 @dataclass(frozen=True)
 class _Wanted:
-    """What an appender hands the writer for a v2 receipt."""
+    """What an appender hands its batch's ``on_commit`` for a v2 receipt."""
 
     request_digest: str
     response_digest: str
@@ -242,7 +242,7 @@ class AuditLog:
     def _receipt_batch(
         self, tenant: str, first: int, hashes: list[bytes], extras: list[object]
     ) -> list[object]:
-        """On the writer thread, once a batch is durable: its v2 receipts, under one signature."""
+        """On the batch's leader thread, once it is durable: its v2 receipts, one signature."""
         wanted = [(i, e) for i, e in enumerate(extras) if isinstance(e, _Wanted)]
         results: list[object] = [None] * len(extras)
         if not wanted:

@@ -2,8 +2,12 @@
 
 File layout: ``<dir>/entries.jsonl`` holds one canonical JSON record per line; each line (without
 its newline) is a Merkle leaf. ``append`` returns a leaf index only after the line is on disk
-(``fsync``). A single writer thread takes every record queued since its last flush, writes them
-in one ``write`` and makes them durable with one ``fsync``, so concurrent appenders share fsyncs.
+(``fsync``). Group commit without a writer thread (leader/follower): an appender that finds no
+flush in progress leads, in its own thread, and writes its line with one ``write`` and one
+``fsync``, so a lone appender never waits for another thread. Appenders that arrive meanwhile
+queue into the next batch; the first of them leads it once the flush before it is on disk, and
+writes every line queued by then in one ``write`` and one ``fsync``; the others wait for it. So
+concurrent appenders share fsyncs, and batches reach the file one at a time, in index order.
 
 A write or fsync error (ENOSPC, EIO, ...) fails the batch in flight with ``AuditLogError`` and
 nothing else: the file is cut back to its last durable length and that length is made durable,
@@ -14,9 +18,10 @@ the file's length) before it writes, so an acknowledged line never sits after un
 bytes. Reads (size, roots, proofs, lines) use the in-memory tree and the durable prefix of the
 file, so they keep working while appends fail.
 
-``on_commit`` (optional) runs on the writer thread once a batch is durable, with the batch's
-first index, leaf hashes and the ``extra`` of each appender; its results go back to them. The
-audit log signs one batch of receipts there: one signature per fsync, not per call.
+``on_commit`` (optional) runs once per batch, on its leader's thread, once the batch is durable
+and before the next batch is written (so calls never overlap and come in index order), with the
+batch's first index, leaf hashes and the ``extra`` of each appender; each appender gets its own
+result. The audit log signs one batch of receipts there: one signature per fsync, not per call.
 
 ``on_disk_full`` (optional) is called when a write fails because the disk is full; if it frees
 space (the audit headroom reserve) and returns ``True``, the batch is cut back and written once
@@ -51,10 +56,14 @@ _log = logging.getLogger("veil.audit")
 ENTRIES = "entries.jsonl"
 CHECKPOINT = "checkpoint"
 _READ_CHUNK = 1 << 22
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 
 class FileOps(Protocol):
-    """The system calls the writer makes records durable with (injectable for tests)."""
+    """The system calls that make records durable (injectable for tests).
+
+    ``fsync`` must make the data written and the file's size durable (``fdatasync`` does).
+    """
 
     def write(self, fd: int, data: bytes) -> int: ...
 
@@ -68,25 +77,30 @@ class OsFileOps:
         return os.write(fd, data)
 
     def fsync(self, fd: int) -> None:
-        os.fsync(fd)
+        # The log is only appended to and cut: fdatasync flushes the data and the size (what a
+        # read back needs), skipping only timestamps. macOS has no fdatasync.
+        _datasync(fd)
 
     def truncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
 
 
-# Called by the writer once a batch is durable: (first leaf index, leaf hashes, the ``extra``
-# each appender passed) -> one result per line, handed back to its appender. The audit log signs
-# one receipt batch here (receipt v2).
+# Called by a batch's leader once the batch is durable: (first leaf index, leaf hashes, the
+# ``extra`` each appender passed) -> one result per line, handed back to its appender. The audit
+# log signs one receipt batch here (receipt v2).
 OnCommit = Callable[[int, list[bytes], list[object]], list[object]]
 
 
 @dataclass
 class _Batch:
+    """Lines committed together; the appender of the first one leads (writes and fsyncs) them."""
+
     lines: list[bytes] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
     extras: list[object] = field(default_factory=list)
     results: list[object] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
+    turn: threading.Event = field(default_factory=threading.Event)  # the leader may write now
+    done: threading.Event = field(default_factory=threading.Event)  # results or error are set
     first_index: int = -1
     error: AuditLogError | None = None
 
@@ -112,14 +126,14 @@ class TenantLog:
         self._tree = MerkleTree()
         self._ends = array("Q")  # byte offset just past each line's newline
         self._tree_lock = threading.Lock()  # guards _tree and _ends
-        self._queue_lock = threading.Lock()
-        self._queue_cv = threading.Condition(self._queue_lock)
-        self._batch = _Batch()
+        self._queue_cv = threading.Condition(threading.Lock())  # guards the three below
+        self._pending = _Batch()  # lines queued while a flush is in progress
+        self._flushing = False  # a leader holds the turn; invariant: _pending empty if not
         self._closing = False
         self._on_disk_full = on_disk_full
         self._last_error: AuditLogError | None = None  # the latest batch's failure, if it failed
         self._dirty = False  # bytes past the durable length may be in the file: cut first
-        self._io_lock = threading.Lock()  # serialises writes (and the one-fsync mode)
+        self._io_lock = threading.Lock()  # serialises file I/O with close (and one-fsync mode)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self._durable = self._recover()
@@ -127,12 +141,6 @@ class TenantLog:
         except BaseException:
             os.close(self._fd)
             raise
-        self._writer: threading.Thread | None = None
-        if group_commit:
-            self._writer = threading.Thread(
-                target=self._run, name=f"veil-audit-writer:{directory.name}", daemon=True
-            )
-            self._writer.start()
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -196,7 +204,7 @@ class TenantLog:
         """Append one record line; once durable, return its index and ``on_commit``'s result.
 
         ``extra`` travels with the line to ``on_commit``, which runs once per durable batch on
-        the writer thread (the result is None without an ``on_commit``).
+        the thread of the batch's leader (the result is None without an ``on_commit``).
         """
         if b"\n" in line:
             raise AuditLogError("an audit record line must not contain a newline")
@@ -206,14 +214,26 @@ class TenantLog:
         with self._queue_cv:
             if self._closing:
                 raise AuditLogError(f"audit log {self.directory.name} is closed")
-            batch = self._batch
+            batch = self._pending
             position = len(batch.lines)
             batch.lines.append(line)
             batch.hashes.append(leaf)
             batch.extras.append(extra)
-            if position == 0:
-                self._queue_cv.notify()
-        batch.done.wait()
+            lead_now = not self._flushing  # then the queue was empty: this is position 0
+            if lead_now:
+                self._flushing = True
+                self._pending = _Batch()
+        if position == 0:
+            try:
+                if not lead_now:
+                    self._take_turn(batch)
+            except BaseException:  # interrupted: still lead, the batch's others wait for it
+                self._take_turn(batch)
+                self._lead(batch)
+                raise
+            self._lead(batch)
+        else:
+            batch.done.wait()
         if batch.error is not None:
             raise batch.error
         result = batch.results[position] if batch.results else None
@@ -227,6 +247,51 @@ class TenantLog:
             index = self._commit([line], [leaf])
         results = self._committed(index, [leaf], [extra])
         return index, results[0] if results else None
+
+    def _lead(self, batch: _Batch) -> None:
+        """Write and fsync ``batch`` (this thread holds the turn), run on_commit, pass the turn.
+
+        Whatever happens, the turn is passed on and the batch's appenders are answered.
+        """
+        try:
+            try:
+                with self._io_lock:
+                    self._persist(batch.lines)
+                    batch.first_index = self._commit(batch.lines, batch.hashes)
+                batch.results = self._committed(batch.first_index, batch.hashes, batch.extras)
+            finally:
+                self._pass_turn()
+        except AuditLogError as exc:
+            batch.error = exc
+        except Exception as exc:  # never leave appenders waiting
+            batch.error = self._error(exc)
+        except BaseException:
+            batch.error = AuditLogError(
+                f"audit log {self.directory.name}: the append was interrupted"
+            )
+            raise
+        finally:
+            batch.done.set()
+
+    def _pass_turn(self) -> None:
+        """Hand the turn to the batch queued meanwhile, if any; else no flush is in progress."""
+        with self._queue_cv:
+            queued = self._pending
+            if not queued.lines:
+                self._flushing = False
+                self._queue_cv.notify_all()  # close() waits for this
+                return
+        queued.turn.set()
+
+    def _take_turn(self, batch: _Batch) -> None:
+        """Wait for the turn, then close ``batch``: lines queued from now on go to the next one.
+
+        The batch stays open until its leader runs, so it takes every line queued by then.
+        """
+        batch.turn.wait()
+        with self._queue_cv:
+            if self._pending is batch:  # (a second call, after an interrupt, changes nothing)
+                self._pending = _Batch()
 
     def _committed(self, first: int, hashes: list[bytes], extras: list[object]) -> list[object]:
         """Run ``on_commit`` for a durable batch; its failure fails the batch's appenders."""
@@ -328,26 +393,6 @@ class TenantLog:
             self._durable = offset
         return first
 
-    def _run(self) -> None:
-        while True:
-            with self._queue_cv:
-                while not self._batch.lines and not self._closing:
-                    self._queue_cv.wait()
-                batch = self._batch
-                if not batch.lines:  # closing with nothing queued
-                    return
-                self._batch = _Batch()
-            try:
-                with self._io_lock:
-                    self._persist(batch.lines)
-                    batch.first_index = self._commit(batch.lines, batch.hashes)
-                batch.results = self._committed(batch.first_index, batch.hashes, batch.extras)
-            except AuditLogError as exc:
-                batch.error = exc
-            except Exception as exc:  # never leave appenders waiting
-                batch.error = self._error(exc)
-            batch.done.set()
-
     # -- reading -------------------------------------------------------------------------------
 
     @property
@@ -413,12 +458,11 @@ class TenantLog:
         write_atomic(self.directory / CHECKPOINT, note.encode("utf-8"))
 
     def close(self) -> None:
-        """Flush what is queued, stop the writer and close the file."""
+        """Refuse new appends, wait until every queued one is on disk, and close the file."""
         with self._queue_cv:
             self._closing = True
-            self._queue_cv.notify_all()
-        if self._writer is not None:
-            self._writer.join()
+            while self._flushing:
+                self._queue_cv.wait()
         with self._io_lock:
             if self._fd >= 0:
                 if self._dirty:  # a failed cut-back: one more try, so a restart finds no tail
