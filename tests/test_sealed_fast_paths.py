@@ -94,3 +94,47 @@ def test_onnx_runtime_pool_threads_may_run_on_every_allowed_cpu() -> None:
             masks |= {ln.split()[1] for ln in lines if ln.startswith("Cpus_allowed_list")}
     wide = ",".join(str(c) for c in allowed)
     assert all(m in {wide, f"{allowed[0]}-{allowed[-1]}"} for m in masks), masks
+
+
+_ARRAYS = {
+    "float32 matrix": np.arange(12, dtype=np.float32).reshape(3, 4),
+    "scalar": np.float64(2.5),
+    "empty": np.zeros((0, 7), np.int64),
+    "bool": np.array([True, False, True]),
+    "float16 3-d": np.ones((2, 3, 4), np.float16),
+    "big-endian": np.arange(5, dtype=">i4"),
+    "non-contiguous": np.arange(40, dtype=np.uint16).reshape(5, 8)[:, ::3],
+    "large": np.random.default_rng(0).normal(size=(300, 1000)).astype(np.float32),
+    "wide dim": np.zeros((1, 300_000), np.uint8),
+}
+
+
+@pytest.mark.parametrize("label", sorted(_ARRAYS))
+def test_infer_request_bytes_parse_as_the_message_protobuf_builds(label: str) -> None:
+    from veil.sdk._core import ClientCore
+    from veil.v1 import inference_pb2
+
+    inputs = {"x": _ARRAYS[label], "second_input": np.array([[1, 2]], np.int8)}
+    for names in (None, ["y", "probabilities"]):
+        built = ClientCore.infer_request("scorer@2", inputs, names)
+        raw = ClientCore.infer_payload("scorer@2", inputs, names)
+        assert inference_pb2.InferRequest.FromString(raw) == built
+    with pytest.raises(Exception, match="cannot travel"):
+        ClientCore.infer_payload("m", {"x": np.array(["text"])}, None)
+    with pytest.raises(Exception, match="at least one tensor"):
+        ClientCore.infer_payload("m", {}, None)
+
+
+def test_sealed_request_bytes_parse_as_the_whole_message() -> None:
+    from veil.sdk._wire import sealed_request_bytes
+
+    header = common_pb2.SealedRequest(
+        version=1, suite=1, tenant="acme", request_id=b"r" * 16, timestamp_ms=-5,
+        claims_digest=b"c" * 32, session_id=b"s" * 16, seq=2**32 - 1,
+    )  # fmt: skip
+    for sealed in (b"", b"\x00" * 17, bytes(range(256)) * 4097):
+        whole = common_pb2.SealedRequest()
+        whole.CopyFrom(header)
+        whole.sealed = sealed
+        parsed = common_pb2.SealedRequest.FromString(sealed_request_bytes(header, sealed))
+        assert parsed == whole

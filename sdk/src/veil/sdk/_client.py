@@ -55,6 +55,7 @@ from veil.sdk.replicas import ReplicaIdentity
 from veil.v1 import (
     attestation_pb2_grpc,
     audit_pb2_grpc,
+    common_pb2,
     inference_pb2_grpc,
     models_pb2_grpc,
     training_pb2,
@@ -140,6 +141,8 @@ def _train_request(
 
 
 class _Base(abc.ABC):
+    _channel: Any  # grpc.Channel or grpc.aio.Channel, opened by _connect
+
     def __init__(
         self,
         target: str,
@@ -162,6 +165,7 @@ class _Base(abc.ABC):
         self._target = target
         self._tls = tls
         self._options = _channel_options(max_message_bytes)
+        self._raw_methods: dict[str, Any] = {}
         self._core = ClientCore(
             tenant=tenant,
             api_key=read_api_key(api_key),
@@ -178,6 +182,15 @@ class _Base(abc.ABC):
     @abc.abstractmethod
     def _connect(self) -> None:
         """Open this client's kind of channel (blocking or asyncio) and its methods."""
+
+    def _raw(self, path: str) -> Any:
+        """A unary method that sends a request already serialized (``bytes``) as it is."""
+        method = self._raw_methods.get(path)
+        if method is None:
+            method = self._raw_methods[path] = self._channel.unary_unary(
+                path, response_deserializer=common_pb2.SealedResponse.FromString
+            )
+        return method
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._target!r}, tenant={self._core.tenant!r})"
@@ -223,7 +236,9 @@ class Client(_Base):
     def _execute(self, step: Call | Next) -> Any:
         if isinstance(step, Next):
             return next(step.stream, END)
-        method = self._methods[step.path]
+        method = (
+            self._raw(step.path) if isinstance(step.request, bytes) else self._methods[step.path]
+        )
         answer = method(step.request, timeout=step.timeout)
         return iter(answer) if step.path in STREAMING_RESPONSE else answer
 
@@ -427,7 +442,9 @@ class AsyncClient(_Base):
     async def _execute(self, step: Call | Next) -> Any:
         if isinstance(step, Next):
             return await anext(step.stream, END)
-        method = self._methods[step.path]
+        method = (
+            self._raw(step.path) if isinstance(step.request, bytes) else self._methods[step.path]
+        )
         request = step.request
         if step.path in STREAMING_REQUEST:
             request = _aiter(step.request)

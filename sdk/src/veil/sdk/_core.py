@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 
 from veil.sdk._models import ModelInfo
 from veil.sdk._session import ClientSession
+from veil.sdk._wire import infer_request_bytes
 from veil.sdk.attestation._policy import AttestationPolicy
 from veil.sdk.audit._receipt import Receipt, verify_receipt
 from veil.sdk.errors import (
@@ -55,7 +56,7 @@ from veil.sdk.sealing import (
     seal_request,
     seal_session_request,
 )
-from veil.sdk.tensors import from_proto, to_proto
+from veil.sdk.tensors import from_proto, to_proto, wire_array
 from veil.v1 import attestation_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 
 __all__ = ["Challenge", "ClientCore", "TlsOptions", "remote_error"]
@@ -192,21 +193,29 @@ class ClientCore:
     # -- sealing --------------------------------------------------------------------------
 
     def seal(
-        self, enclave: AttestedEnclave, method: Method, message: Message, *, session: bool = True
+        self,
+        enclave: AttestedEnclave,
+        method: Method,
+        message: Message | bytes,
+        *,
+        session: bool = True,
+        wire: bool = False,
     ) -> SealedCall:
         """Seal a call: in the open session if there is one, else with HPKE (asking for one).
 
         ``session=False``: HPKE, neither in nor opening a session (server streams, whose
-        ``session-expired`` refusal would only show once the stream is read).
+        ``session-expired`` refusal would only show once the stream is read). ``wire=True``: a
+        caller that sends ``SealedCall.wire`` when it is set (then ``request`` lacks ``sealed``).
         """
         now = self.clock()
+        payload = message if isinstance(message, bytes) else message.SerializeToString()
         if not session:
             return seal_request(
                 enclave,
                 method=method.value,
                 tenant=self.tenant,
                 api_key=self.api_key,
-                payload=message.SerializeToString(),
+                payload=payload,
                 timestamp_ms=to_ms(now),
                 suite=self.suite,
                 random=self.random,
@@ -221,10 +230,11 @@ class ClientCore:
                     seq,
                     method=method.value,
                     tenant=self.tenant,
-                    payload=message.SerializeToString(),
+                    payload=payload,
                     timestamp_ms=to_ms(now),
                     claims_digest=enclave.claims_digest,
                     random=self.random,
+                    wire=wire,
                 )
             self.session = None
         return seal_request(
@@ -232,7 +242,7 @@ class ClientCore:
             method=method.value,
             tenant=self.tenant,
             api_key=self.api_key,
-            payload=message.SerializeToString(),
+            payload=payload,
             timestamp_ms=to_ms(now),
             suite=self.suite,
             random=self.random,
@@ -423,6 +433,24 @@ class ClientCore:
         return inference_pb2.InferRequest(
             model=model, inputs=tensors, output_names=list(output_names or ())
         )
+
+    @staticmethod
+    def infer_payload(
+        model: str, inputs: Mapping[str, npt.ArrayLike], output_names: Sequence[str] | None
+    ) -> bytes:
+        """``infer_request(...)`` serialized, each input's data copied once (``veil.sdk._wire``)."""
+        if not inputs:
+            raise ConfigError(
+                "inputs must name at least one tensor", reason=ConfigFailure.MISSING_VALUE
+            )
+        arrays = {}
+        for name, value in inputs.items():
+            try:
+                array = np.asarray(value)
+            except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot hold
+                raise ConfigError(f"input {name!r} is not an array: {exc}") from exc
+            arrays[name] = wire_array(array)
+        return infer_request_bytes(model, arrays, list(output_names or ()))
 
     @staticmethod
     def infer_result(response: inference_pb2.InferResponse) -> dict[str, npt.NDArray[np.generic]]:

@@ -107,7 +107,7 @@ class Call:
     """
 
     path: str
-    request: Any
+    request: Any  # a message; ``bytes``: a unary request already serialized, sent as it is
     timeout: float | None
 
 
@@ -279,13 +279,18 @@ class Operations:
         enclave = yield from self.attest(force=True)
         return (yield from run(enclave))
 
-    def unary(self, method: Method, request: Message, response: M) -> Op[M]:
-        """A sealed unary call: seal, send, open (with its receipt checked)."""
+    def unary(self, method: Method, request: Message | bytes, response: M) -> Op[M]:
+        """A sealed unary call: seal, send, open (with its receipt checked).
+
+        ``request`` is the method's request message, or its serialization.
+        """
 
         def run(enclave: AttestedEnclave) -> Op[M]:
-            sealed = self.core.seal(enclave, method, request)
+            sealed = self.core.seal(enclave, method, request, wire=True)
+            # Wire bytes built directly go out as they are (``Call`` with ``bytes``).
+            outgoing = sealed.wire if sealed.wire is not None else sealed.request
             try:
-                answer = yield Call(method.value, sealed.request, self.timeout)
+                answer = yield Call(method.value, outgoing, self.timeout)
             except grpc.RpcError as exc:
                 raise remote_error(exc, sealed) from exc
             return self.core.open(enclave, sealed, answer, type(response)())
@@ -359,7 +364,7 @@ class Operations:
         inputs: Mapping[str, npt.ArrayLike],
         output_names: Sequence[str] | None,
     ) -> Op[dict[str, npt.NDArray[np.generic]]]:
-        request = ClientCore.infer_request(model, inputs, output_names)
+        request = ClientCore.infer_payload(model, inputs, output_names)
         response = yield from self.unary(Method.INFER, request, inference_pb2.InferResponse())
         return ClientCore.infer_result(response)
 

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
+from veil.sdk._wire import sealed_request_bytes
 from veil.sdk.errors import DecryptionError, ProtocolError, RemoteReason
 from veil.sdk.evidence import AttestedEnclave
 from veil.sdk.protocol import (
@@ -105,6 +106,9 @@ class SealedCall:
     digest: str = ""
     # The session secret this one-shot request asked the enclave to open a session with (1.4).
     session_secret: bytes = b""
+    # The request's wire bytes when they were built directly (``seal_session_request(...,
+    # wire=True)``); ``request`` then carries every field but ``sealed``.
+    wire: bytes | None = None
 
 
 def seal_request(
@@ -172,11 +176,14 @@ def seal_session_request(
     timestamp_ms: int,
     claims_digest: bytes,
     random: Random = os.urandom,
+    wire: bool = False,
 ) -> SealedCall:
     """Seal ``payload`` in an open session (protocol 1.4): AES-256-GCM only, no HPKE step.
 
     ``seq`` must be new in the session (1, 2, 3, ...): it is the nonce and the replay number.
-    The API key and receipt format were given when the session opened.
+    The API key and receipt format were given when the session opened. ``wire``: also build
+    the request's wire bytes directly (``SealedCall.wire``; ``request`` then lacks ``sealed``),
+    saving two copies of the payload.
     """
     request_id = random(REQUEST_ID_LEN)
     aad = session_aad(
@@ -196,16 +203,21 @@ def seal_session_request(
         request_id=request_id,
         timestamp_ms=timestamp_ms,
         claims_digest=claims_digest,
-        sealed=sealed,
         session_id=keys.session_id,
         seq=seq,
     )
+    if wire:
+        encoded: bytes | None = sealed_request_bytes(request, sealed)
+    else:
+        encoded = None
+        request.sealed = sealed
     return SealedCall(
         request=request,
         method=method,
         request_id=request_id,
         response_key=keys.response_key,
         digest=session_request_digest(keys.session_id, seq, sealed[-GCM_TAG_LEN:]),
+        wire=encoded,
     )
 
 

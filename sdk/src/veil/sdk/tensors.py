@@ -10,7 +10,7 @@ import numpy.typing as npt
 from veil.sdk.errors import ProtocolError, ProtocolFailure
 from veil.v1 import common_pb2
 
-__all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "to_proto"]
+__all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "to_proto", "wire_array"]
 
 ALLOWED_DTYPES = frozenset(
     {
@@ -36,17 +36,21 @@ MAX_RANK = 32
 _MAX_SPAN = 2**63 - 1
 
 
-def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
-    """Encode an array; refuses object, string and other non-numeric dtypes."""
+def wire_array(array: npt.ArrayLike) -> npt.NDArray[np.generic]:
+    """``array`` as it travels: C-contiguous, little-endian (a view when it already is one);
+    refuses object, string and other non-numeric dtypes."""
     arr = np.asarray(array)
     if arr.dtype.name not in ALLOWED_DTYPES:
         raise ProtocolError(
             f"dtype {arr.dtype} cannot travel as a tensor", reason=ProtocolFailure.UNSUPPORTED
         )
-    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return common_pb2.Tensor(
-        dtype=arr.dtype.name, shape=list(arr.shape), data=np.ascontiguousarray(little).tobytes()
-    )
+    return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+
+
+def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
+    """Encode an array; refuses object, string and other non-numeric dtypes."""
+    arr = wire_array(array)
+    return common_pb2.Tensor(dtype=arr.dtype.name, shape=list(arr.shape), data=arr.tobytes())
 
 
 def from_proto(
