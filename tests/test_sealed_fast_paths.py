@@ -119,6 +119,11 @@ def test_infer_request_bytes_parse_as_the_message_protobuf_builds(label: str) ->
         built = ClientCore.infer_request("scorer@2", inputs, names)
         raw = ClientCore.infer_payload("scorer@2", inputs, names)
         assert inference_pb2.InferRequest.FromString(raw) == built
+        # and both say what the array is: its shape (0-d stays 0-d), dtype and bytes
+        tensor = built.inputs["x"]
+        array = np.asarray(_ARRAYS[label])
+        assert list(tensor.shape) == list(array.shape) and tensor.dtype == array.dtype.name
+        assert tensor.data == array.astype(array.dtype.newbyteorder("<")).tobytes()
     with pytest.raises(Exception, match="cannot travel"):
         ClientCore.infer_payload("m", {"x": np.array(["text"])}, None)
     with pytest.raises(Exception, match="at least one tensor"):

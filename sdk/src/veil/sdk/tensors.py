@@ -44,7 +44,9 @@ def wire_array(array: npt.ArrayLike) -> npt.NDArray[np.generic]:
         raise ProtocolError(
             f"dtype {arr.dtype} cannot travel as a tensor", reason=ProtocolFailure.UNSUPPORTED
         )
-    return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    # ``ascontiguousarray`` makes a 0-d array 1-d: keep the shape.
+    return np.ascontiguousarray(little).reshape(arr.shape)
 
 
 def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
