@@ -55,10 +55,7 @@ class Watchdog:
                     target=self._serve, name="veil-inference-watchdog", daemon=True
                 )
                 self._thread.start()
-            if self._heap[0][2] is ticket:
-                # Only a new earliest deadline changes when the thread must wake; waking it for
-                # every run would take the GIL from the request thread just before ORT starts.
-                self._cond.notify()
+            self._cond.notify()
         return ticket
 
     @property
