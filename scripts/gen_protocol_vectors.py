@@ -187,6 +187,16 @@ def _claims(keys: list[tuple[int, bytes]], log_public: bytes) -> bytes:
     ).SerializeToString()
 
 
+def _sealed_response(
+    key: bytes, nonce: bytes, aad: bytes, request_id: bytes, body: common_pb2.ResponseBody
+) -> common_pb2.SealedResponse:
+    """A unary (final, seq 0) response: ``body`` under AES-256-GCM (docs/PROTOCOL.md, 5)."""
+    ciphertext = AESGCM(key).encrypt(nonce, body.SerializeToString(), aad)
+    return common_pb2.SealedResponse(
+        request_id=request_id, nonce=nonce, ciphertext=ciphertext, seq=0, final=True
+    )
+
+
 def suite1() -> dict[str, Any]:
     enclave_sk = derive_x25519(fixed("enclave-x25519-ikm", 32))
     enclave_pk = enclave_sk.public_key().public_bytes_raw()
@@ -254,12 +264,7 @@ def suite1() -> dict[str, Any]:
     response_body = common_pb2.ResponseBody(payload=response_payload, receipt=receipt_note)
     response_nonce = fixed("response-nonce", 12)
     aad = response_aad(method=method, request_id=request_id, seq=0, final=True)
-    ciphertext = AESGCM(response_key).encrypt(
-        response_nonce, response_body.SerializeToString(), aad
-    )
-    sealed_response = common_pb2.SealedResponse(
-        request_id=request_id, nonce=response_nonce, ciphertext=ciphertext, seq=0, final=True
-    )
+    sealed_response = _sealed_response(response_key, response_nonce, aad, request_id, response_body)
 
     error_body = common_pb2.ResponseBody(
         error=common_pb2.ErrorBody(
@@ -336,7 +341,7 @@ def suite1() -> dict[str, Any]:
             "response_body": response_body.SerializeToString().hex(),
             "nonce": response_nonce.hex(),
             "aad": aad.hex(),
-            "ciphertext": ciphertext.hex(),
+            "ciphertext": sealed_response.ciphertext.hex(),
             "sealed_response": sealed_response.SerializeToString().hex(),
         },
         "sealed_error": {
@@ -543,11 +548,8 @@ def sessions() -> dict[str, Any]:
     response_body = common_pb2.ResponseBody(payload=response_payload, receipt=receipt_note)
     response_nonce = fixed("session-response-nonce", 12)
     response_aad_bytes = response_aad(method=method, request_id=request_id, seq=0, final=True)
-    ciphertext = AESGCM(response_key).encrypt(
-        response_nonce, response_body.SerializeToString(), response_aad_bytes
-    )
-    sealed_response = common_pb2.SealedResponse(
-        request_id=request_id, nonce=response_nonce, ciphertext=ciphertext, seq=0, final=True
+    sealed_response = _sealed_response(
+        response_key, response_nonce, response_aad_bytes, request_id, response_body
     )
     return {
         "description": (
@@ -584,7 +586,7 @@ def sessions() -> dict[str, Any]:
             "response_body": response_body.SerializeToString().hex(),
             "nonce": response_nonce.hex(),
             "aad": response_aad_bytes.hex(),
-            "ciphertext": ciphertext.hex(),
+            "ciphertext": sealed_response.ciphertext.hex(),
             "sealed_response": sealed_response.SerializeToString().hex(),
         },
     }

@@ -128,6 +128,21 @@ def remote_error(
     return RemoteError(error.code or name, error.message, reason=error.reason)
 
 
+def _input_arrays(inputs: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[np.generic]]:
+    """The inference inputs as arrays; ``ConfigError`` for none, or one numpy cannot hold."""
+    if not inputs:
+        raise ConfigError(
+            "inputs must name at least one tensor", reason=ConfigFailure.MISSING_VALUE
+        )
+    arrays = {}
+    for name, value in inputs.items():
+        try:
+            arrays[name] = np.asarray(value)
+        except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot hold
+            raise ConfigError(f"input {name!r} is not an array: {exc}") from exc
+    return arrays
+
+
 @dataclass
 class ClientCore:
     """State and pure steps of a Veil client: attestation cache, sealing, framing."""
@@ -419,17 +434,7 @@ class ClientCore:
     def infer_request(
         model: str, inputs: Mapping[str, npt.ArrayLike], output_names: Sequence[str] | None
     ) -> inference_pb2.InferRequest:
-        if not inputs:
-            raise ConfigError(
-                "inputs must name at least one tensor", reason=ConfigFailure.MISSING_VALUE
-            )
-        tensors = {}
-        for name, value in inputs.items():
-            try:
-                array = np.asarray(value)
-            except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot hold
-                raise ConfigError(f"input {name!r} is not an array: {exc}") from exc
-            tensors[name] = to_proto(array)
+        tensors = {name: to_proto(a) for name, a in _input_arrays(inputs).items()}
         return inference_pb2.InferRequest(
             model=model, inputs=tensors, output_names=list(output_names or ())
         )
@@ -439,17 +444,7 @@ class ClientCore:
         model: str, inputs: Mapping[str, npt.ArrayLike], output_names: Sequence[str] | None
     ) -> bytes:
         """``infer_request(...)`` serialized, each input's data copied once (``veil.sdk._wire``)."""
-        if not inputs:
-            raise ConfigError(
-                "inputs must name at least one tensor", reason=ConfigFailure.MISSING_VALUE
-            )
-        arrays = {}
-        for name, value in inputs.items():
-            try:
-                array = np.asarray(value)
-            except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot hold
-                raise ConfigError(f"input {name!r} is not an array: {exc}") from exc
-            arrays[name] = wire_array(array)
+        arrays = {name: wire_array(a) for name, a in _input_arrays(inputs).items()}
         return infer_request_bytes(model, arrays, list(output_names or ()))
 
     @staticmethod
