@@ -46,7 +46,7 @@ from veil.sdk.errors import AuditLogError, ProtocolError
 from veil.sdk.evidence import Evidence, from_ms
 from veil.sdk.protocol import MODEL_KEY_LEN, NONCE_LEN, report_data_for
 from veil.sdk.sealing import decrypt_chunk
-from veil.sdk.tensors import from_proto, to_proto
+from veil.sdk.tensors import from_proto, tensor_parts, to_proto
 from veil.v1 import audit_pb2, common_pb2, inference_pb2, models_pb2, training_pb2
 
 if TYPE_CHECKING:
@@ -60,20 +60,10 @@ AUDIT_LOG_NAME = "veil-enclave"
 DATASET_FORMATS = ("npz", "csv", "parquet")
 EXPORT_CHUNK_BYTES = 1024 * 1024  # per message of a streamed audit export
 AUDIT_RESERVE_BYTES = 4 * 1024 * 1024  # preallocated for the audit log, released on ENOSPC
-_DATA_TAG = b"\x1a"  # Tensor.data: field 3, length-delimited
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 # Inputs at least this large have their HMAC (for the audit record) computed on a helper thread
@@ -88,7 +78,7 @@ def _data_bytes(tensor: common_pb2.Tensor) -> int:
     rest = tensor.ByteSize() - common_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape).ByteSize()
     for width in range(1, 11):  # the data length's varint width
         size = rest - 1 - width
-        if size >= 0 and len(_varint(size)) == width:
+        if size >= 0 and max(1, -(-size.bit_length() // 7)) == width:
             return size
     return 0
 
@@ -103,12 +93,7 @@ def _serialized_inputs(
     is the decoded arrays' own buffer rather than a fresh 1 MB copy per serialization.
     """
     for name in sorted(request.inputs):
-        tensor = request.inputs[name]
-        array = arrays[name]
-        yield common_pb2.Tensor(dtype=tensor.dtype, shape=tensor.shape).SerializeToString()
-        if array.nbytes:
-            yield _DATA_TAG + _varint(array.nbytes)
-            yield np.ascontiguousarray(array).data.cast("B")
+        yield from tensor_parts(arrays[name])
 
 
 @dataclass

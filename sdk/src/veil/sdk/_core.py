@@ -224,19 +224,7 @@ class ClientCore:
         """
         now = self.clock()
         payload = message if isinstance(message, bytes) else message.SerializeToString()
-        if not session:
-            return seal_request(
-                enclave,
-                method=method.value,
-                tenant=self.tenant,
-                api_key=self.api_key,
-                payload=payload,
-                timestamp_ms=to_ms(now),
-                suite=self.suite,
-                random=self.random,
-                receipt_version=self.receipt_version,
-            )
-        current = self.session
+        current = self.session if session else None
         if current is not None:
             seq = current.take(enclave.claims_digest, now.timestamp())
             if seq is not None:
@@ -262,7 +250,7 @@ class ClientCore:
             suite=self.suite,
             random=self.random,
             receipt_version=self.receipt_version,
-            session_secret=self.random(SESSION_SECRET_LEN) if self.sessions else b"",
+            session_secret=self.random(SESSION_SECRET_LEN) if session and self.sessions else b"",
         )
 
     def open(

@@ -12,24 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import numpy.typing as npt
 
-from veil.sdk.tensors import wire_array
+from veil.sdk.tensors import _varint, tensor_parts
 from veil.v1 import common_pb2
 
 __all__ = ["infer_request_bytes", "sealed_request_bytes"]
 
 _LEN = 2  # wire type: length-delimited
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _key(field: int) -> bytes:
@@ -52,15 +42,10 @@ def infer_request_bytes(
     """
     parts: list[bytes | memoryview] = [_field(1, model.encode())] if model else []
     for name, value in arrays.items():
-        arr = wire_array(value)
-        shape = b"".join(_varint(int(d)) for d in arr.shape)
-        tensor_head = _field(1, arr.dtype.name.encode()) + (_field(2, shape) if shape else b"")
-        data_head = _key(3) + _varint(arr.nbytes) if arr.nbytes else b""
-        tensor_len = len(tensor_head) + len(data_head) + arr.nbytes
+        tensor = tensor_parts(value)
+        tensor_len = sum(len(part) for part in tensor)
         entry_head = _field(1, name.encode()) + _key(2) + _varint(tensor_len)
-        parts += [_key(2), _varint(len(entry_head) + tensor_len), entry_head, tensor_head]
-        if arr.nbytes:
-            parts += [data_head, np.ravel(arr).data.cast("B")]
+        parts += [_key(2), _varint(len(entry_head) + tensor_len), entry_head, *tensor]
     parts += [_field(3, n.encode()) for n in output_names]
     return b"".join(parts)
 

@@ -10,7 +10,7 @@ import numpy.typing as npt
 from veil.sdk.errors import ProtocolError, ProtocolFailure
 from veil.v1 import common_pb2
 
-__all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "to_proto", "wire_array"]
+__all__ = ["ALLOWED_DTYPES", "MAX_RANK", "from_proto", "tensor_parts", "to_proto", "wire_array"]
 
 ALLOWED_DTYPES = frozenset(
     {
@@ -47,6 +47,31 @@ def wire_array(array: npt.ArrayLike) -> npt.NDArray[np.generic]:
     little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     # ``ascontiguousarray`` makes a 0-d array 1-d: keep the shape.
     return np.ascontiguousarray(little).reshape(arr.shape)
+
+
+def _varint(n: int) -> bytes:
+    """A protobuf base-128 varint (``n`` >= 0)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_DATA_KEY = b"\x1a"  # Tensor.data: field 3, length-delimited
+
+
+def tensor_parts(array: npt.ArrayLike) -> list[bytes | memoryview]:
+    """``to_proto(array).SerializeToString()`` in parts whose data part is a view of the array's
+    own buffer: joined, hashed or sent without a copy per serialization."""
+    arr = wire_array(array)
+    parts: list[bytes | memoryview] = [
+        common_pb2.Tensor(dtype=arr.dtype.name, shape=arr.shape).SerializeToString()
+    ]
+    if arr.nbytes:
+        parts += [_DATA_KEY + _varint(arr.nbytes), np.ravel(arr).data.cast("B")]
+    return parts
 
 
 def to_proto(array: npt.ArrayLike) -> common_pb2.Tensor:
