@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from veil.enclave._config import Tenant
 from veil.enclave._errors import AuthError
 from veil.enclave._keys import KeyRing
+from veil.enclave._limits import Limits
 from veil.enclave._replay import ReplayStore, check_fresh
 from veil.enclave._sessions import SessionTable
 from veil.enclave._telemetry import stage
@@ -90,7 +91,10 @@ class Gateway:
         self._clock = clock
         self._random = random
         if sessions is None:  # an empty table is falsy: no `or`
-            sessions = SessionTable(max_sessions=4096, idle_seconds=600.0)
+            defaults = Limits()
+            sessions = SessionTable(
+                max_sessions=defaults.max_sessions, idle_seconds=defaults.session_idle_seconds
+            )
         self.sessions = sessions
         # A replica's certificate from its coordinator, sent with each receipt (protocol 1.3).
         self.replica_certificate = b""
