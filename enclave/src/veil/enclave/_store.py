@@ -114,6 +114,7 @@ class ModelStore:
     ) -> None:
         """``sweep=False`` in a worker process: another worker's upload may be in flight."""
         self._root = root
+        self._root_text = str(root)
         self._storage_key = storage_key
         self._clock = clock
         self._headroom = headroom
@@ -187,9 +188,8 @@ class ModelStore:
         one ``stat`` per resolve sees what another process (a worker) registered or deleted.
         """
         key = (tenant, name)
-        folder = self._dir(tenant, name)
-        try:
-            stamp = folder.stat().st_mtime_ns
+        try:  # a str path: pathlib's joins cost more than the stat on this per-call path
+            stamp = os.stat(os.path.join(self._root_text, tenant, name)).st_mtime_ns
         except FileNotFoundError:
             with self._lock:
                 self._cache.pop(key, None)
@@ -200,7 +200,7 @@ class ModelStore:
                 return cached[1]
             listed_at = time.time_ns()
             versions: dict[int, ModelRecord] = {}
-            for path in folder.glob("v*.json"):
+            for path in self._dir(tenant, name).glob("v*.json"):
                 if not _VERSION_RE.fullmatch(path.stem[1:]):
                     continue
                 try:
