@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -194,9 +195,13 @@ class AttestedEnclave:
     def is_valid_at(self, now: datetime) -> bool:
         return now < self.valid_until
 
-    @property
+    @functools.cached_property
     def log_verifier(self) -> Verifier | None:
-        """The audit log's verifier key, bound into this attestation (None: no audit log)."""
+        """The audit log's verifier key, bound into this attestation (None: no audit log).
+
+        Built once per attestation (every sealed call verifies its receipt with it); a bad key
+        is not cached and raises each time.
+        """
         if not self.claims.audit_log_key:
             return None
         try:

@@ -30,6 +30,9 @@ ALLOWED_DTYPES = frozenset(
 )
 
 
+# The wire's (little-endian) dtype of each allowed name.
+_WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ALLOWED_DTYPES}
+
 # More dimensions than any real model input has (NumPy itself stops at 64).
 MAX_RANK = 32
 # Byte counts (and spans) must fit a signed 64-bit integer, as ONNX Runtime counts them.
@@ -87,22 +90,23 @@ def from_proto(
 
     Besides the real byte size, the *span* (the byte size with every zero dimension counted as
     one) must fit the limit: ``[0, 2**62]`` holds no data but no array library can describe it.
+    The result is a read-only view of the message's data in native byte order.
     """
-    if tensor.dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(f"unsupported tensor dtype {tensor.dtype[:32]!r}")
-    rank = len(tensor.shape)
-    if rank > MAX_RANK:
-        raise ProtocolError(f"tensor has {rank} dimensions, at most {MAX_RANK} are allowed")
-    shape = tuple(int(d) for d in tensor.shape)
-    if any(d < 0 for d in shape):
+    name = tensor.dtype
+    dtype = _WIRE_DTYPES.get(name)
+    if dtype is None:
+        raise ProtocolError(f"unsupported tensor dtype {name[:32]!r}")
+    shape = tuple(tensor.shape)  # protobuf int64s: Python ints
+    if len(shape) > MAX_RANK:
+        raise ProtocolError(f"tensor has {len(shape)} dimensions, at most {MAX_RANK} are allowed")
+    if shape and min(shape) < 0:
         raise ProtocolError(f"tensor shape {list(shape)} has a negative dimension")
-    dtype = np.dtype(tensor.dtype).newbyteorder("<")
     limit = _MAX_SPAN if max_bytes is None else min(max_bytes, _MAX_SPAN)
-    span = math.prod(max(d, 1) for d in shape) * dtype.itemsize
     expected = math.prod(shape) * dtype.itemsize
     if expected > limit:
         raise ProtocolError(f"tensor of {expected} bytes exceeds the {limit}-byte limit")
-    if span > limit:
+    # Without a zero dimension the span is the byte size, just checked.
+    if 0 in shape and (span := math.prod(max(d, 1) for d in shape) * dtype.itemsize) > limit:
         raise ProtocolError(
             f"empty tensor of shape {list(shape)} spans {span} bytes with its zero dimensions "
             f"counted as 1, over the {limit}-byte limit"
@@ -110,8 +114,9 @@ def from_proto(
     data = tensor.data  # each read of a bytes field copies it out of the message: read once
     if len(data) != expected:
         raise ProtocolError(
-            f"tensor data is {len(data)} bytes, shape {list(shape)} of "
-            f"{tensor.dtype} needs {expected}"
+            f"tensor data is {len(data)} bytes, shape {list(shape)} of {name} needs {expected}"
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    # Little-endian is native on every host we know of; elsewhere convert (copy=False: a view
+    # when no conversion is needed).
+    return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="), copy=False)

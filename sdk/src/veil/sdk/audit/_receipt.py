@@ -19,10 +19,13 @@ one signature instead of N::
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring
+from typing import Any
 
 from veil.sdk.audit._checkpoint import Checkpoint
 from veil.sdk.audit._merkle import HASH_SIZE, MerkleTree, hash_leaf, verify_inclusion
@@ -44,6 +47,8 @@ RECEIPT_HEADER = "veil-audit-receipt/v1"
 RECEIPT_V2_HEADER = "veil-audit-receipt/v2"
 BATCH_HEADER = "veil-audit-receipt-batch/v2"
 MAX_BATCH = 1 << 20  # receipts in one signed batch; a proof is at most 20 hashes
+_MAX_SAFE_INT = 2**53 - 1  # canonical_json's integer domain
+_POSITION_FIELDS = frozenset({"batch_index", "proof"})
 _FIELDS = frozenset(
     {
         "log",
@@ -95,16 +100,35 @@ class Receipt:
         return f"{RECEIPT_HEADER}\n{self.json_line()}\n"
 
     def json_line(self) -> str:
-        """The receipt's fields as one line of canonical JSON (v1's note line, v2's leaf)."""
+        """The receipt's fields as one line of canonical JSON (v1's note line, v2's leaf).
+
+        Byte for byte ``canonical_json`` of the fields. The fields are already type-checked, so
+        when every string is ASCII (all the enclave writes) the line is formatted directly, keys
+        in sorted order, strings escaped by the encoder ``canonical_json`` itself uses; any other
+        string goes through ``canonical_json`` (which refuses what UTF-8 cannot encode).
+        """
+        leaf_hash = base64.b64encode(self.leaf_hash).decode()
+        model = self.model_digest
+        text = self.log + self.tenant + self.time + self.request_digest + self.response_digest
+        if text.isascii() and (model is None or model.isascii()):
+            return (
+                f'{{"leaf_hash":"{leaf_hash}","leaf_index":{int.__repr__(self.leaf_index)}'
+                f',"log":{encode_basestring(self.log)}'
+                f',"model_digest":{"null" if model is None else encode_basestring(model)}'
+                f',"request_digest":{encode_basestring(self.request_digest)}'
+                f',"response_digest":{encode_basestring(self.response_digest)}'
+                f',"tenant":{encode_basestring(self.tenant)}'
+                f',"time":{encode_basestring(self.time)}}}'
+            )
         payload = {
             "log": self.log,
             "tenant": self.tenant,
             "leaf_index": self.leaf_index,
-            "leaf_hash": base64.b64encode(self.leaf_hash).decode(),
+            "leaf_hash": leaf_hash,
             "time": self.time,
             "request_digest": self.request_digest,
             "response_digest": self.response_digest,
-            "model_digest": self.model_digest,
+            "model_digest": model,
         }
         return canonical_json(payload).decode()
 
@@ -122,7 +146,7 @@ class Receipt:
             obj = json.loads(line)
         except ValueError as exc:
             raise AuditLogError("receipt payload is not valid JSON") from exc
-        if not isinstance(obj, dict) or set(obj) != _FIELDS:
+        if not isinstance(obj, dict) or obj.keys() != _FIELDS:
             raise AuditLogError("receipt payload does not have exactly the expected fields")
         if not isinstance(obj["leaf_hash"], str):
             raise AuditLogError("receipt leaf hash must be base64 text")
@@ -142,6 +166,16 @@ class Receipt:
         if receipt.json_line() != line:
             raise AuditLogError("receipt payload is not in canonical form")
         return receipt
+
+
+def _position_json(position: dict[str, Any]) -> str:
+    """``canonical_json`` of a batch position ``{"batch_index": int, "proof": [str, ...]}``,
+    formatted directly for a safe integer and ASCII strings (all the enclave writes); anything
+    else goes through ``canonical_json`` (which refuses what it cannot encode)."""
+    index, proof = position["batch_index"], position["proof"]
+    if type(index) is int and -_MAX_SAFE_INT <= index <= _MAX_SAFE_INT and "".join(proof).isascii():
+        return f'{{"batch_index":{index},"proof":[{",".join(map(encode_basestring, proof))}]}}'
+    return canonical_json(position).decode()
 
 
 def _batch_text(log: str, count: int, root: bytes) -> str:
@@ -169,9 +203,20 @@ def batch_receipts(receipts: Sequence[Receipt], sign: Callable[[str], str]) -> l
     out = []
     for index, line in enumerate(lines):
         proof = [base64.b64encode(h).decode() for h in tree.inclusion_proof(index)]
-        position = canonical_json({"batch_index": index, "proof": proof}).decode()
+        position = _position_json({"batch_index": index, "proof": proof})
         out.append(f"{RECEIPT_V2_HEADER}\n{line}\n{position}\n\n{note}")
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _verified_batch(note: str, log_key: Verifier) -> str:
+    """The text of a batch note whose signature by ``log_key`` verified.
+
+    The receipts of one group commit share their batch note, so a client with calls in flight
+    together checks its signature once. Only successes are cached, keyed by the exact note text
+    and key: a hit is the same verification of the same bytes.
+    """
+    return SignedNote.from_text(note).verify(log_key).text
 
 
 def _open_v2(text: str, log_key: Verifier) -> Receipt:
@@ -181,8 +226,7 @@ def _open_v2(text: str, log_key: Verifier) -> Receipt:
         raise AuditLogError(f"receipt is not '{RECEIPT_V2_HEADER}', a JSON line, a proof, a note")
     line, position, note = parts[1], parts[2], parts[4]
     receipt = Receipt.from_json_line(line)
-    batch = SignedNote.from_text(note).verify(log_key).text
-    rows = batch.split("\n")
+    rows = _verified_batch(note, log_key).split("\n")
     if len(rows) != 5 or rows[0] != BATCH_HEADER or rows[4] != "":
         raise AuditLogError("receipt batch note is malformed")
     if rows[1] != receipt.log:
@@ -195,14 +239,14 @@ def _open_v2(text: str, log_key: Verifier) -> Receipt:
         obj = json.loads(position)
     except ValueError as exc:
         raise AuditLogError("receipt batch position is not valid JSON") from exc
-    if not isinstance(obj, dict) or set(obj) != {"batch_index", "proof"}:
+    if not isinstance(obj, dict) or obj.keys() != _POSITION_FIELDS:
         raise AuditLogError("receipt batch position must have batch_index and proof")
     index, proof = obj["batch_index"], obj["proof"]
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
         raise AuditLogError("receipt batch index is outside the batch")
     if not isinstance(proof, list) or not all(isinstance(h, str) for h in proof):
         raise AuditLogError("receipt batch proof must be a list of base64 hashes")
-    if canonical_json(obj).decode() != position:
+    if _position_json(obj) != position:
         raise AuditLogError("receipt batch position is not in canonical form")
     hashes = [_b64decode(h, "receipt batch proof") for h in proof]
     verify_inclusion(hash_leaf(line.encode()), index, count, hashes, root)
