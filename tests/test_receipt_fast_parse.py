@@ -575,3 +575,15 @@ def test_a_cached_batch_note_still_binds_its_key() -> None:
         assert want[:2] == ("refused", AuditFailure.BAD_SIGNATURE)
         assert verdict(lambda: verify_receipt(text, other)) == want  # noqa: B023
     assert verify_receipt(text, KEY).leaf_index == 0
+
+
+def test_a_batch_size_past_what_python_parses_is_refused_as_an_audit_error() -> None:
+    """A signed batch note whose size has more digits than ``int()`` accepts (4300 by default)
+    is refused like any other bad size, not with Python's ``ValueError``."""
+    receipt = base_receipts()[0]
+    line = receipt.json_line()
+    for count in ("9" * 5000, "1" + "0" * 4300, "0" * 4301 + "1"):
+        note, proofs = v2_batch([line], count=count)
+        position = canonical_json({"batch_index": 0, "proof": proofs[0]}).decode()
+        with pytest.raises(AuditLogError, match="receipt batch size is not a decimal integer"):
+            verify_receipt(v2_text(line, position, note), KEY)

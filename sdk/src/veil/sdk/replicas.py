@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -218,8 +219,9 @@ class ReplicaIdentity:
     evidence: Evidence
     certificate: bytes  # the serialized ReplicaCertificate, as received (saved in exports)
 
-    @property
+    @functools.cached_property
     def log_verifier(self) -> Verifier:
+        """The replica's log key, built once (each receipt it answers is checked with it)."""
         try:
             return Verifier.from_public_key(self.log_origin, self.log_key)
         except AuditLogError as exc:

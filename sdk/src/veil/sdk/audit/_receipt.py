@@ -231,9 +231,13 @@ def _open_v2(text: str, log_key: Verifier) -> Receipt:
         raise AuditLogError("receipt batch note is malformed")
     if rows[1] != receipt.log:
         raise AuditLogError("receipt batch note is for another log", reason=AuditFailure.MISMATCH)
-    if not rows[2].isascii() or not rows[2].isdigit() or rows[2] != str(int(rows[2])):
+    size = rows[2]
+    try:
+        count = int(size) if size.isascii() and size.isdigit() else -1
+    except ValueError:  # more digits than Python parses (4300 by default): not a batch size
+        count = -1
+    if count < 0 or size != str(count):
         raise AuditLogError("receipt batch size is not a decimal integer")
-    count = int(rows[2])
     root = _b64decode(rows[3], "receipt batch root")
     try:
         obj = json.loads(position)
