@@ -71,7 +71,7 @@ def test_runs_with_long_timeouts_do_not_wake_the_thread() -> None:
 
 
 def test_terminate_all_stops_live_runs_and_later_ones() -> None:
-    dog = Watchdog()
+    dog = Watchdog(period=0.02)
     live = [ort.RunOptions() for _ in range(3)]
     tickets = [dog.watch(o, 60.0) for o in live]
     assert dog.terminate_all() == 3
@@ -80,3 +80,11 @@ def test_terminate_all_stops_live_runs_and_later_ones() -> None:
     later = ort.RunOptions()
     assert dog.watch(later, 60.0).fired == "shutdown"
     assert later.terminate
+    before = _watchdog_threads()
+    for ticket in tickets:  # the stopped runs return
+        dog.release(ticket)
+    assert _wait_for(lambda: _watchdog_threads() == before - 1)  # its thread has ended
+
+
+def _watchdog_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == _THREAD)

@@ -85,7 +85,7 @@ class Watchdog:
 
     def _serve(self) -> None:
         with self._cond:
-            while True:
+            while not (self.closed and not self._live):  # closed: no run can come any more
                 now = self._clock()
                 wake = now + self._period
                 for ticket in self._live:
