@@ -35,18 +35,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from enclave_support import TENANT_KEYS, write_config
-from profile_sealed import _Context, _register, mlp
+from enclave_support import write_config
+from profile_sealed import _Context, _register, attested_core, mlp
 
 import veil.sdk
 from veil.enclave._config import ServerConfig
 from veil.enclave._enclave import Enclave
 from veil.enclave._service import InferenceServicer
 from veil.enclave.tee._simulated import SimulatedSnp
-from veil.sdk import AttestationPolicy
 from veil.sdk._core import ClientCore
 from veil.sdk.audit._receipt import Receipt, verify_receipt
-from veil.sdk.evidence import Evidence, verify_enclave
 from veil.sdk.protocol import Method
 from veil.sdk.sealing import open_response, request_digest
 from veil.v1 import inference_pb2
@@ -83,21 +81,9 @@ def main() -> int:
         tee = SimulatedSnp.load_or_create(data_dir)
         enclave = Enclave(ServerConfig.load(data_dir), tee)
         try:
-            core = ClientCore(
-                tenant="default",
-                api_key=TENANT_KEYS["default"],
-                policy=AttestationPolicy.simulated_for_tests(tee.root_pem),
-            )
-            challenge = core.challenge()
-            evidence = enclave.attestation(challenge.nonce)
-            attested = verify_enclave(
-                Evidence.from_proto(evidence.to_proto()),
-                nonce=challenge.nonce,
-                policy=core.policy,
-                now=core.clock(),
-                challenge_issued_at=challenge.issued_at,
-            )
-            core.attested = attested
+            core = attested_core(enclave, tee)
+            attested = core.attested
+            assert attested is not None
             servicer = InferenceServicer(enclave)
             _register(enclave, "small", mlp([256, 64, 10]))
             x = np.random.default_rng(1).normal(size=(1, 256)).astype(np.float32)

@@ -170,24 +170,31 @@ def main() -> int:
     return 0
 
 
-def run(enclave: Enclave, tee: SimulatedSnp, args: argparse.Namespace) -> None:
+def attested_core(enclave: Enclave, tee: SimulatedSnp) -> ClientCore:
+    """The SDK's client core for the default tenant, attested to ``enclave`` (no network)."""
     core = ClientCore(
         tenant="default",
         api_key=TENANT_KEYS["default"],
         policy=AttestationPolicy.simulated_for_tests(tee.root_pem),
     )
-    if hasattr(core, "receipt_version"):
-        core.receipt_version = args.receipt_version
     challenge = core.challenge()
     evidence = enclave.attestation(challenge.nonce)
-    attested = verify_enclave(
+    core.attested = verify_enclave(
         Evidence.from_proto(evidence.to_proto()),
         nonce=challenge.nonce,
         policy=core.policy,
         now=core.clock(),
         challenge_issued_at=challenge.issued_at,
     )
-    core.attested = attested
+    return core
+
+
+def run(enclave: Enclave, tee: SimulatedSnp, args: argparse.Namespace) -> None:
+    core = attested_core(enclave, tee)
+    attested = core.attested
+    assert attested is not None
+    if hasattr(core, "receipt_version"):
+        core.receipt_version = args.receipt_version
     core.sessions = not args.one_shot
     servicer = InferenceServicer(enclave)
     stages = Stages()
