@@ -197,6 +197,26 @@ def _sealed_response(
     )
 
 
+def _response_entries(
+    payload: bytes,
+    model_bytes: bytes,
+    body: common_pb2.ResponseBody,
+    aad: bytes,
+    sealed: common_pb2.SealedResponse,
+) -> dict[str, Any]:
+    """What a vector file says of a sealed unary answer, from its receipt on (in file order)."""
+    return {
+        "receipt": body.receipt,
+        "response_digest": hashlib.sha256(payload).hexdigest(),
+        "model_digest": hashlib.sha256(model_bytes).hexdigest(),
+        "response_body": body.SerializeToString().hex(),
+        "nonce": sealed.nonce.hex(),
+        "aad": aad.hex(),
+        "ciphertext": sealed.ciphertext.hex(),
+        "sealed_response": sealed.SerializeToString().hex(),
+    }
+
+
 def suite1() -> dict[str, Any]:
     enclave_sk = derive_x25519(fixed("enclave-x25519-ikm", 32))
     enclave_pk = enclave_sk.public_key().public_bytes_raw()
@@ -335,14 +355,7 @@ def suite1() -> dict[str, Any]:
         "response": {
             "payload": response_payload.hex(),
             "receipt_body": receipt.body(),
-            "receipt": receipt_note,
-            "response_digest": hashlib.sha256(response_payload).hexdigest(),
-            "model_digest": hashlib.sha256(model_bytes).hexdigest(),
-            "response_body": response_body.SerializeToString().hex(),
-            "nonce": response_nonce.hex(),
-            "aad": aad.hex(),
-            "ciphertext": sealed_response.ciphertext.hex(),
-            "sealed_response": sealed_response.SerializeToString().hex(),
+            **_response_entries(response_payload, model_bytes, response_body, aad, sealed_response),
         },
         "sealed_error": {
             "error_body": error_body.SerializeToString().hex(),
@@ -580,14 +593,9 @@ def sessions() -> dict[str, Any]:
         "response": {
             "seq": SESSION_SEQS[0],
             "payload": response_payload.hex(),
-            "receipt": receipt_note,
-            "response_digest": hashlib.sha256(response_payload).hexdigest(),
-            "model_digest": hashlib.sha256(model_bytes).hexdigest(),
-            "response_body": response_body.SerializeToString().hex(),
-            "nonce": response_nonce.hex(),
-            "aad": response_aad_bytes.hex(),
-            "ciphertext": sealed_response.ciphertext.hex(),
-            "sealed_response": sealed_response.SerializeToString().hex(),
+            **_response_entries(
+                response_payload, model_bytes, response_body, response_aad_bytes, sealed_response
+            ),
         },
     }
 

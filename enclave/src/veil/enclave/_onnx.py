@@ -105,12 +105,12 @@ class _Loaded:
 
     @classmethod
     def of(cls, session: ort.InferenceSession) -> _Loaded:
-        outputs = session.get_outputs()
+        inputs, outputs = session.get_inputs(), session.get_outputs()
         return cls(
             session=session,
-            inputs={a.name: spec_of(a) for a in session.get_inputs()},
+            inputs={a.name: spec_of(a) for a in inputs},
             outputs=tuple(o.name for o in outputs),
-            batch_inputs=all(_dynamic_first(a) for a in session.get_inputs()),
+            batch_inputs=all(_dynamic_first(a) for a in inputs),
             batch_outputs=frozenset(o.name for o in outputs if _dynamic_first(o)),
         )
 
