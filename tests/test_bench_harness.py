@@ -22,6 +22,7 @@ sys.path.insert(0, str(BENCH))
 from _report import Row, goals, percentile, ratios  # noqa: E402
 from _servers import toml_text  # noqa: E402
 from bench_load import rss_flat  # noqa: E402
+from floor import Primitives, figures, measure  # noqa: E402
 
 
 def _row(path: str, clients: int, rps: float, p50: float, case: str = "mlp-64kb") -> Row:
@@ -76,6 +77,75 @@ def test_rss_flat_compares_peaks_not_swings() -> None:
     leaking = [(float(t), (150 + t) * mib) for t in range(10, 70)]
     assert not rss_flat(leaking).ok  # 150+69 vs 150+20 MiB: +22 %
     assert not rss_flat([]).ok
+
+
+def _floor_rows() -> list[dict[str, object]]:
+    """Rows of a bench run: plain 2 ms a call at 1 client, 400 req/s and 3 ms of CPU a call at 8
+    and 32; in-process 4 ms a call, 1 ms of CPU; sealed and batched at half of plain."""
+    rows: list[dict[str, object]] = []
+    for case, payload in (("mlp-1kb", 1024), ("mlp-64kb", 65536), ("mean-1mb", 1 << 20)):
+        for clients in (1, 8, 32):
+            plain = 500.0 if clients == 1 else 400.0
+            for path, rps, cpu in (("inprocess", 250.0, None), ("plain", plain, 2.0)):
+                rows.append(
+                    {
+                        "case": case,
+                        "path": path,
+                        "clients": clients,
+                        "payload_bytes": payload,
+                        "rps": rps,
+                        "p50_ms": 1e3 / rps,
+                        "server_cpu_ms": cpu,
+                        "client_cpu_ms": 1.0,
+                    }
+                )
+            for path in ("sealed", "batched"):
+                rows.append(
+                    {
+                        "case": case,
+                        "path": path,
+                        "clients": clients,
+                        "payload_bytes": payload,
+                        "rps": plain / 2,
+                        "p50_ms": 2e3 / plain,
+                        "server_cpu_ms": 3.0,
+                        "client_cpu_ms": 1.5,
+                    }
+                )
+    rows += [{**r, "case": "mlp-compute"} for r in rows if r["case"] == "mlp-1kb"]
+    return rows
+
+
+def test_floor_bounds_follow_from_the_primitives() -> None:
+    """bench/floor.py's arithmetic: each figure's best reachable value from the floor."""
+    prim = Primitives(fsync_ms=0.2, sign_ms=0.08, verify_ms=0.1, aes_ms_per_mib=1.0)
+    aes_64k = (2 * 65536 + 2 * 2048) / 2**20
+    assert prim.latency_floor_ms(65536) == pytest.approx(0.3 + aes_64k)
+    assert prim.cpu_floor_ms(65536, 8) == pytest.approx(0.1 + 0.01 + aes_64k)
+    found = {f.text: f for f in figures(_floor_rows(), prim, cores=2)}
+    one = found["sealed/plain, mlp-64kb, 1 client"]
+    assert one.best_here == pytest.approx(2.0 / (2.0 + 0.3 + aes_64k))  # plain 2 ms + floor
+    assert one.measured == pytest.approx(0.5) and one.ruled_out
+    eight = found["sealed/plain, mlp-64kb, 8 clients"]
+    assert eight.best_here == pytest.approx(2e3 / (3.0 + prim.cpu_floor_ms(65536, 8)) / 400)
+    assert not eight.ruled_out  # 2 cores / ~3.2 ms = ~620 req/s, 1.5x plain's 400
+    added = found["p50 added, mlp-64kb, 1 client"]
+    assert added.best_here == pytest.approx(0.3 + aes_64k) and added.ruled_out
+    assert added.measured == pytest.approx(2.0)  # sealed p50 4 ms against plain 2 ms
+    batched = found["sealed+batched/plain, mlp-1kb, 32 clients"]
+    # the model's run counted free: plain's 3 ms of CPU less the in-process run's 1 ms
+    assert batched.best_here == pytest.approx(2e3 / (2.0 + prim.cpu_floor_ms(1024, 32)) / 400)
+    assert not batched.ruled_out  # 2 cores / ~2.1 ms = ~950 req/s: 2.4x plain's 400
+    compute = found["sealed/in-process, mlp-compute, 1 client"]
+    assert compute.best_here == pytest.approx(4.0 / (2.0 + prim.latency_floor_ms(1024)))
+    assert not compute.ruled_out  # in-process 4 ms, plain 2 ms: sealing fits under 0.8x here
+
+
+def test_floor_measures_positive_costs(tmp_path: Path) -> None:
+    prim = measure(tmp_path, fsync_calls=20)
+    assert prim.fsync_ms > 0 and prim.sign_ms > 0 and prim.verify_ms > 0
+    assert prim.aes_ms_per_mib > 0
+    assert list(tmp_path.iterdir()) == []  # its scratch file is gone
 
 
 def test_config_overlay_is_valid_toml() -> None:
