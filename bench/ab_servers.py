@@ -12,6 +12,9 @@ moves by 2x within minutes) hits both alike. The clients run the *base* tree's S
 servers: only the server differs. Prints, per case and server, the throughput of every round, its
 median, the server's CPU ms per call and the clients' median p50. A single ``bench_inference.py``
 run cannot tell a 10 % server change from the machine's drift; this can.
+
+``--burst 32`` first loads each server with 32 client processes for ``--burst-seconds`` (the first
+case), so the rounds measure a server after a burst (its thread pool grown), as one in service is.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _clients import ClientPool
 from _models import CASES, write_models
 from _servers import API_KEY, VeilServer, cpu_seconds, start_veil
 
@@ -80,6 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        metavar="CLIENTS",
+        help="first load each server with this many client processes (the first case, "
+        "--burst-seconds): the rounds then measure a server after a burst",
+    )
+    parser.add_argument("--burst-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
     unknown = sorted(set(cases) - set(CASES))
@@ -113,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                     assert proc.stdout is not None
                     if proc.stdout.readline().strip() != "ready":
                         raise RuntimeError("a client process did not attest")
+            if args.burst:
+                _burst(servers, cases[0], args.burst, args.burst_seconds, work)
             rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
             for round_ in range(args.rounds):
                 order = ["A", "B"] if round_ % 2 == 0 else ["B", "A"]
@@ -140,6 +155,25 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers.values():
                 server.stop()
     return 0
+
+
+def _burst(
+    servers: dict[str, VeilServer], case: str, clients: int, seconds: float, work: Path
+) -> None:
+    """Load each server in turn with ``clients`` processes of this tree's SDK."""
+    with ClientPool(clients, work / "burst") as pool:
+        for label, server in servers.items():
+            spec = {
+                "case": case,
+                "path": "sealed",
+                "target": server.address,
+                "model": case,
+                "root_pem": str(server.root_pem),
+                "api_key": API_KEY,
+            }
+            result = pool.run(clients, spec, seconds)
+            threads = len(os.listdir(f"/proc/{server.pid}/task"))
+            print(f"burst on {label}: {clients} clients, {result.rps:.0f} req/s; {threads} threads")
 
 
 def _round(

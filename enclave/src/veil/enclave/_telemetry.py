@@ -20,7 +20,6 @@ import enum
 import functools
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from concurrent import futures
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 import grpc
 
 from veil.enclave._capacity import CallClass
+from veil.enclave._executor import LifoExecutor
 from veil.sdk.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ class Telemetry:
         self,
         *,
         admission: _Held | None = None,
-        executor: futures.ThreadPoolExecutor | None = None,
+        executor: LifoExecutor | None = None,
         budget: Callable[[], Mapping[str, tuple[float, float]]] | None = None,
     ) -> None:
         """Register the scrape-time gauges and open the metrics listener, if configured."""
@@ -499,12 +499,9 @@ def _in_flight(admission: _Held) -> Callable[[], Mapping[str, int]]:
     return read
 
 
-def _queue_depth(executor: futures.ThreadPoolExecutor) -> Callable[[], int]:
-    # Calls gRPC has accepted that wait for a worker thread: the executor's work queue
-    # (CPython keeps it in ``_work_queue``; read at scrape time only).
-    work_queue = getattr(executor, "_work_queue", None)
-
+def _queue_depth(executor: LifoExecutor) -> Callable[[], int]:
+    # Calls gRPC has accepted that wait for a worker thread (read at scrape time only).
     def read() -> int:
-        return work_queue.qsize() if work_queue is not None else 0
+        return executor.queued
 
     return read

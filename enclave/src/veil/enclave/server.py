@@ -21,7 +21,6 @@ import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from veil.enclave._capacity import Admission, CallClass, IdleWatchdog, Slot
 from veil.enclave._config import TlsConfig
 from veil.enclave._enclave import Enclave
+from veil.enclave._executor import LifoExecutor
 from veil.enclave._limits import Limits
 from veil.enclave._service import (
     AttestationServicer,
@@ -116,7 +116,7 @@ class RunningServer:
     health: health.HealthServicer
     admission: Admission
     watchdog: IdleWatchdog
-    executor: futures.ThreadPoolExecutor
+    executor: LifoExecutor
     telemetry: Telemetry
 
     @property
@@ -205,7 +205,7 @@ def create_server(
     limits = enclave.config.limits
     admission = Admission.from_limits(limits)
     watchdog = IdleWatchdog(limits.stream_idle_seconds)
-    executor = futures.ThreadPoolExecutor(max_workers=admission.workers, thread_name_prefix="veil")
+    executor = LifoExecutor(admission.workers, thread_name_prefix="veil")
     server = grpc.server(
         executor,
         options=server_options(
