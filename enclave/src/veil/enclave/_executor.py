@@ -11,7 +11,9 @@ that had taken a 32-client burst were ~20 % slower than to a fresh one (docs/PER
 idle last, so a trickle keeps running on the same few warm threads and the rest stay parked.
 Calls that find every thread busy and the pool at ``max_workers`` wait in a FIFO queue, taken by
 the next thread to finish. Threads are started on demand, like ``ThreadPoolExecutor``'s, and
-never more than ``max_workers``.
+never more than ``max_workers``. They are daemon threads: a process that exits without calling
+``shutdown`` does not wait for parked ones (the server shuts its pool down when it stops, after
+draining the calls in flight).
 """
 
 from __future__ import annotations
