@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,13 @@ class Row:
             server_cpu_ms=per_call(server_cpu_s),
             client_cpu_ms=per_call(client_cpu_s),
             other_cores=other_cores,
+        )
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Row:
+        """A row as ``write_json`` wrote it (null back to NaN)."""
+        return cls(
+            **{f.name: math.nan if doc[f.name] is None else doc[f.name] for f in fields(cls)}
         )
 
 

@@ -42,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from _report import Row, ratios  # noqa: E402
+
 _LINE = b'{"event":"inference",' + b"x" * 560 + b"}\n"  # an audit line's size (~600 B)
 _NOTE = b"veil-audit-batch\n" + b"y" * 600  # a batch note's size (~620 B)
 _RESPONSE_BYTES = 2048  # an answer of these models is a few hundred bytes; 2 KiB is generous
@@ -150,86 +153,86 @@ def measure(data_dir: Path, *, fsync_calls: int = 400) -> Primitives:
     )
 
 
-def _row(rows: list[dict[str, object]], case: str, path: str, clients: int) -> dict[str, object]:
-    for row in rows:
-        if (row["case"], row["path"], row["clients"]) == (case, path, clients):
-            return row
-    raise KeyError(f"the results have no {path} row for {case} at {clients} client(s)")
+def figures(rows: Sequence[Row], prim: Primitives, cores: int) -> list[Figure]:
+    """Issue 12's figures: the run's value (``ratios``) and the best reachable with ``prim``."""
+    by = {(r.case, r.path, r.clients): r for r in rows}
+    measured = {(q.case, q.clients): q for q in ratios(rows)}
 
+    def row(case: str, path: str, clients: int) -> Row:
+        if (case, path, clients) not in by:
+            raise KeyError(f"the results have no {path} row for {case} at {clients} client(s)")
+        return by[(case, path, clients)]
 
-def _f(row: dict[str, object], key: str) -> float:
-    value = row[key]
-    if not isinstance(value, int | float):
-        raise ValueError(f"{key} is {value!r} in the {row['path']} row of {row['case']}")
-    return float(value)
+    def got(case: str, clients: int, field: str) -> float:
+        value = getattr(measured[(case, clients)], field)
+        if value is None:
+            raise ValueError(f"the results have no {field} for {case} at {clients} client(s)")
+        return float(value)
 
+    def one_client(case: str, base: str) -> float:
+        """Best sealed/base: base's ms per call over plain's plus the latency floor."""
+        plain = row(case, "plain", 1)
+        floor = prim.latency_floor_ms(plain.payload_bytes)
+        return (1e3 / row(case, base, 1).rps) / (1e3 / plain.rps + floor)
 
-def figures(rows: list[dict[str, object]], prim: Primitives, cores: int) -> list[Figure]:
-    """Issue 12's figures: the latest run's value and the best reachable with ``prim``."""
-    out: list[Figure] = []
-
-    def one_client(case: str, base: str) -> tuple[float, float]:
-        """(best sealed/base: base's ms per call over plain's plus the floor, measured)."""
-        basis, plain = _row(rows, case, base, 1), _row(rows, case, "plain", 1)
-        floor = prim.latency_floor_ms(int(_f(plain, "payload_bytes")))
-        best = (1e3 / _f(basis, "rps")) / (1e3 / _f(plain, "rps") + floor)
-        return best, _f(_row(rows, case, "sealed", 1), "rps") / _f(basis, "rps")
-
-    def many_clients(case: str, clients: int, path: str) -> tuple[float, float]:
-        """(best sealed req/s: cores over the least CPU a call can take, measured req/s).
+    def many_clients(case: str, clients: int, *, batched: bool) -> float:
+        """Best sealed/plain: cores over the least CPU a call can take, against plain's req/s.
 
         The least CPU: a plain call's (its server's and client's, as measured) plus the CPU
         floor. With batching, the model's run is counted as free: the plain server's CPU less
         the cheapest ONNX Runtime run of the case in process.
         """
-        plain = _row(rows, case, "plain", clients)
-        cpu = _f(plain, "server_cpu_ms") + _f(plain, "client_cpu_ms")
-        if path == "batched":
-            runs = [r for r in rows if r["case"] == case and r["path"] == "inprocess"]
-            cpu -= min(_f(r, "client_cpu_ms") for r in runs)
-        floor = prim.cpu_floor_ms(int(_f(plain, "payload_bytes")), clients)
-        return cores * 1e3 / (cpu + floor), _f(_row(rows, case, path, clients), "rps")
+        plain = row(case, "plain", clients)
+        cpu = plain.server_cpu_ms + plain.client_cpu_ms
+        if batched:
+            cpu -= min(r.client_cpu_ms for r in rows if r.case == case and r.path == "inprocess")
+        floor = prim.cpu_floor_ms(plain.payload_bytes, clients)
+        return cores * 1e3 / (cpu + floor) / plain.rps
 
+    out: list[Figure] = []
     for case in ("mlp-64kb", "mean-1mb"):
-        best, measured = one_client(case, "plain")
-        out.append(Figure(f"sealed/plain, {case}, 1 client", 0.9, measured, best))
-        for clients in (8,):
-            best_rps, sealed_rps = many_clients(case, clients, "sealed")
-            plain_rps = _f(_row(rows, case, "plain", clients), "rps")
-            out.append(
-                Figure(
-                    f"sealed/plain, {case}, {clients} clients",
-                    0.9,
-                    sealed_rps / plain_rps,
-                    best_rps / plain_rps,
-                )
+        out.append(
+            Figure(
+                f"sealed/plain, {case}, 1 client",
+                0.9,
+                got(case, 1, "sealed_plain"),
+                one_client(case, "plain"),
             )
-    payload = int(_f(_row(rows, "mlp-64kb", "plain", 1), "payload_bytes"))
-    added = _f(_row(rows, "mlp-64kb", "sealed", 1), "p50_ms") - _f(
-        _row(rows, "mlp-64kb", "plain", 1), "p50_ms"
-    )
+        )
+        out.append(
+            Figure(
+                f"sealed/plain, {case}, 8 clients",
+                0.9,
+                got(case, 8, "sealed_plain"),
+                many_clients(case, 8, batched=False),
+            )
+        )
     out.append(
         Figure(
             "p50 added, mlp-64kb, 1 client",
             0.3,
-            added,
-            prim.latency_floor_ms(payload),
+            got("mlp-64kb", 1, "p50_added_ms"),
+            prim.latency_floor_ms(row("mlp-64kb", "plain", 1).payload_bytes),
             higher_is_better=False,
         )
     )
     for case in ("mlp-1kb", "mlp-64kb"):
-        best_rps, batched_rps = many_clients(case, 32, "batched")
-        plain_rps = _f(_row(rows, case, "plain", 32), "rps")
         out.append(
             Figure(
                 f"sealed+batched/plain, {case}, 32 clients",
                 2.0,
-                batched_rps / plain_rps,
-                best_rps / plain_rps,
+                got(case, 32, "batched_plain"),
+                many_clients(case, 32, batched=True),
             )
         )
-    best, measured = one_client("mlp-compute", "inprocess")
-    out.append(Figure("sealed/in-process, mlp-compute, 1 client", 0.8, measured, best))
+    out.append(
+        Figure(
+            "sealed/in-process, mlp-compute, 1 client",
+            0.8,
+            got("mlp-compute", 1, "sealed_inprocess"),
+            one_client("mlp-compute", "inprocess"),
+        )
+    )
     return out
 
 
@@ -247,7 +250,8 @@ def main() -> int:
     print(f"  AES-256-GCM                           {prim.aes_ms_per_mib:7.3f} ms per MiB")
     meta = results["meta"]
     print(f"Plain and in-process figures from {args.results} (commit {meta.get('commit')}):")
-    for figure in figures(results["rows"], prim, cores):
+    rows = [Row.from_json(r) for r in results["rows"]]
+    for figure in figures(rows, prim, cores):
         print("  " + figure.line())
     return 0
 

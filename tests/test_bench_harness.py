@@ -12,6 +12,7 @@ import math
 import subprocess
 import sys
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from _report import Row, goals, percentile, ratios  # noqa: E402
+from _report import Row, goals, percentile, ratios, write_json  # noqa: E402
 from _servers import toml_text  # noqa: E402
 from bench_load import rss_flat  # noqa: E402
 from floor import Primitives, figures, measure  # noqa: E402
@@ -79,50 +80,43 @@ def test_rss_flat_compares_peaks_not_swings() -> None:
     assert not rss_flat([]).ok
 
 
-def _floor_rows() -> list[dict[str, object]]:
+def _floor_rows(tmp_path: Path) -> list[Row]:
     """Rows of a bench run: plain 2 ms a call at 1 client, 400 req/s and 3 ms of CPU a call at 8
-    and 32; in-process 4 ms a call, 1 ms of CPU; sealed and batched at half of plain."""
-    rows: list[dict[str, object]] = []
-    for case, payload in (("mlp-1kb", 1024), ("mlp-64kb", 65536), ("mean-1mb", 1 << 20)):
+    and 32; in-process 4 ms a call, 1 ms of CPU; sealed and batched at half of plain. Written
+    with ``write_json`` and read back as ``bench/floor.py`` reads them."""
+    rows: list[Row] = []
+    for case in ("mlp-1kb", "mlp-64kb", "mean-1mb", "mlp-compute"):
+        payload = {"mlp-64kb": 65536, "mean-1mb": 1 << 20}.get(case, 1024)
         for clients in (1, 8, 32):
             plain = 500.0 if clients == 1 else 400.0
-            for path, rps, cpu in (("inprocess", 250.0, None), ("plain", plain, 2.0)):
+            for path, rps, server_cpu, client_cpu in (
+                ("inprocess", 250.0, math.nan, 1.0),
+                ("plain", plain, 2.0, 1.0),
+                ("sealed", plain / 2, 3.0, 1.5),
+                ("batched", plain / 2, 3.0, 1.5),
+            ):
+                row = _row(path, clients, rps, 1e3 / rps, case)
                 rows.append(
-                    {
-                        "case": case,
-                        "path": path,
-                        "clients": clients,
-                        "payload_bytes": payload,
-                        "rps": rps,
-                        "p50_ms": 1e3 / rps,
-                        "server_cpu_ms": cpu,
-                        "client_cpu_ms": 1.0,
-                    }
+                    replace(
+                        row,
+                        payload_bytes=payload,
+                        server_cpu_ms=server_cpu,
+                        client_cpu_ms=client_cpu,
+                    )
                 )
-            for path in ("sealed", "batched"):
-                rows.append(
-                    {
-                        "case": case,
-                        "path": path,
-                        "clients": clients,
-                        "payload_bytes": payload,
-                        "rps": plain / 2,
-                        "p50_ms": 2e3 / plain,
-                        "server_cpu_ms": 3.0,
-                        "client_cpu_ms": 1.5,
-                    }
-                )
-    rows += [{**r, "case": "mlp-compute"} for r in rows if r["case"] == "mlp-1kb"]
-    return rows
+    write_json(tmp_path / "run.json", rows, {"cores": 2})
+    return [Row.from_json(r) for r in json.loads((tmp_path / "run.json").read_text())["rows"]]
 
 
-def test_floor_bounds_follow_from_the_primitives() -> None:
+def test_floor_bounds_follow_from_the_primitives(tmp_path: Path) -> None:
     """bench/floor.py's arithmetic: each figure's best reachable value from the floor."""
     prim = Primitives(fsync_ms=0.2, sign_ms=0.08, verify_ms=0.1, aes_ms_per_mib=1.0)
     aes_64k = (2 * 65536 + 2 * 2048) / 2**20
     assert prim.latency_floor_ms(65536) == pytest.approx(0.3 + aes_64k)
     assert prim.cpu_floor_ms(65536, 8) == pytest.approx(0.1 + 0.01 + aes_64k)
-    found = {f.text: f for f in figures(_floor_rows(), prim, cores=2)}
+    rows = _floor_rows(tmp_path)
+    assert math.isnan(rows[0].server_cpu_ms)  # in-process: null in the JSON, NaN again
+    found = {f.text: f for f in figures(rows, prim, cores=2)}
     one = found["sealed/plain, mlp-64kb, 1 client"]
     assert one.best_here == pytest.approx(2.0 / (2.0 + 0.3 + aes_64k))  # plain 2 ms + floor
     assert one.measured == pytest.approx(0.5) and one.ruled_out
